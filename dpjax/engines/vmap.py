@@ -1,0 +1,76 @@
+"""The oracle engine: per-example gradients with ``jax.vmap(jax.grad(...))``.
+
+Every example is run through ``loss_fn`` as a batch of one, its gradient with respect
+to the trainable leaves is taken, and the ``[B, ...]`` per-example gradients are clipped
+and summed with one contraction per leaf (``einsum('b,b...->...')``), never with a
+multiply-then-sum.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from dpjax.clip_rules import ClipPlan
+from dpjax.engines import register_engine
+from dpjax.engines.base import EngineResult
+from dpjax.partition import combine
+
+__all__ = ["clip_and_sum", "per_example_grads", "vmap_engine"]
+
+
+def per_example_grads(
+    loss_fn: Any, train: Any, frozen: Any, batch: Any, spmd_axis_name: str | None = None
+) -> tuple[jax.Array, Any]:
+    """Per-example losses ``[B]`` and gradients (leading axis ``B``) w.r.t. ``train``."""
+
+    def example_loss(t: Any, example: Any) -> jax.Array:
+        one = jax.tree.map(lambda x: x[None], example)
+        out = loss_fn(combine(t, frozen), one)
+        if getattr(out, "shape", None) != (1,):
+            raise ValueError(
+                "loss_fn must return per-example losses of shape [B]; on a batch of one "
+                f"it returned shape {getattr(out, 'shape', type(out))} instead of (1,)"
+            )
+        return out[0]
+
+    grad_fn = jax.vmap(
+        jax.value_and_grad(example_loss), in_axes=(None, 0), spmd_axis_name=spmd_axis_name
+    )
+    return grad_fn(train, batch)
+
+
+def clip_and_sum(per_example: Any, plan: ClipPlan, mask: jax.Array) -> EngineResult:
+    """Clips per-example gradients (leading axis ``B``) by the plan and sums them."""
+    leaves, treedef = jax.tree.flatten(per_example)
+    sq = [
+        jnp.sum(jnp.square(g.astype(jnp.float32)).reshape(g.shape[0], -1), axis=1)
+        for g in leaves
+    ]
+    sq_norms = plan.group_sq_norms(sq)
+    factors, keep = plan.factors(sq_norms, mask)
+    summed = []
+    for i, g in enumerate(leaves):
+        c = plan.leaf_factor(factors, i).astype(g.dtype)
+        safe = jnp.where(keep.reshape((-1,) + (1,) * (g.ndim - 1)), g, jnp.zeros((), g.dtype))
+        total = jnp.einsum("b,b...->...", c, safe, preferred_element_type=jnp.float32)
+        summed.append(total.astype(g.dtype))
+    return EngineResult(jax.tree.unflatten(treedef, summed), sq_norms, None, keep)
+
+
+@register_engine("vmap")
+def vmap_engine(
+    loss_fn: Any,
+    train: Any,
+    frozen: Any,
+    batch: Any,
+    plan: ClipPlan,
+    *,
+    spmd_axis_name: str | None = None,
+) -> EngineResult:
+    """Clipped sum from explicit per-example gradients (the reference engine)."""
+    loss, grads = per_example_grads(loss_fn, train, frozen, batch, spmd_axis_name)
+    result = clip_and_sum(grads, plan, batch["mask"])
+    return result._replace(loss=loss)

@@ -1,0 +1,37 @@
+"""dpjax: differentially private fine-tuning of foundation models in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "chex==0.1.92",
+    "dp-accounting==0.6.0",
+    "absl-py==2.5.1",
+    "tensorflow-datasets==4.9.10",
+    "numpy==2.4.6",
+    "ml-collections==1.1.0",
+    "orbax-checkpoint==0.12.8",
+    "safetensors==0.8.0",
+    "tokenizers==0.23.3",
+    "tiktoken==0.14.0",
+    "tqdm==4.70.1",
+]
+
+TEST_REQUIRES = [
+    "pytest==9.0.3",
+    "pytest-xdist==3.8.0",
+    "ruff==0.17.6",
+]
+
+setup(
+    name="dpjax",
+    version="0.1.0",
+    description="Differentially private fine-tuning (DP-BiTFiT, DP full, ghost clipping) in JAX/Flax.",
+    packages=find_packages(include=["dpjax", "dpjax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+)
