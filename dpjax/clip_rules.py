@@ -26,9 +26,14 @@ import jax.numpy as jnp
 
 from dpjax.partition import Path, leaf_paths, path_to_str
 
-__all__ = ["CLIP_FNS", "ClipPlan", "make_plan", "top_level_group"]
+__all__ = ["CLIP_FNS", "ClipPlan", "make_plan", "norm_dtype", "top_level_group"]
 
 CLIP_FNS = ("abadi", "automatic")
+
+
+def norm_dtype(dtype: Any) -> Any:
+    """Dtype for norms and clip factors: float32, or wider if the gradients are (float64)."""
+    return jnp.promote_types(dtype, jnp.float32)
 
 
 def top_level_group(path: Path) -> str:
@@ -91,7 +96,7 @@ class ClipPlan:
         cols = []
         for k in range(self.num_groups):
             parts = [
-                s.astype(jnp.float32)
+                s.astype(norm_dtype(s.dtype))
                 for s, g in zip(leaf_sq_norms, self.leaf_groups, strict=True)
                 if g == k
             ]
@@ -99,19 +104,20 @@ class ClipPlan:
         return jnp.stack(cols, axis=-1)
 
     def factors(self, sq_norms: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Clip factors ``[B, K]`` (float32) and the rows kept ``[B]``.
+        """Clip factors ``[B, K]`` (float32 or wider) and the rows kept ``[B]``.
 
         A row is kept when it is in the mask and all its group norms are finite; other
         rows get factor 0 and engines must zero their gradients (``0 * nan`` is ``nan``).
         """
-        sq_norms = sq_norms.astype(jnp.float32)
+        dtype = norm_dtype(sq_norms.dtype)
+        sq_norms = sq_norms.astype(dtype)
         keep = jnp.logical_and(mask, jnp.all(jnp.isfinite(sq_norms), axis=-1))
         norms = jnp.sqrt(jnp.where(keep[:, None], sq_norms, 0.0))
-        clip = jnp.asarray(self.clip_norms, jnp.float32)
+        clip = jnp.asarray(self.clip_norms, dtype)
         if self.clip_fn == "abadi":
             c = clip / jnp.maximum(norms, clip)
         else:
-            c = clip / (norms + jnp.float32(self.gamma))
+            c = clip / (norms + jnp.asarray(self.gamma, dtype))
         return jnp.where(keep[:, None], c, 0.0), keep
 
     def leaf_factor(self, factors: jax.Array, leaf_index: int) -> jax.Array:

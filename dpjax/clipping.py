@@ -166,9 +166,7 @@ class ClippedGrad:
 
             zeros = jax.tree.map(jnp.zeros_like, train)
             grads, outs = jax.lax.scan(body, zeros, stacked)
-            sq_norms, loss, keep = (
-                x.reshape((n_micro * mb,) + x.shape[2:])[:size] for x in outs
-            )
+            sq_norms, loss, keep = (x.reshape((n_micro * mb,) + x.shape[2:])[:size] for x in outs)
             mask = batch["mask"]
         return grads, _info(plan, sq_norms, loss, keep, mask)
 

@@ -1,0 +1,208 @@
+"""Noise inside Optax: the DP privatizer, per-example aggregation, DP-SGD / DP-Adam.
+
+The gradient that enters :func:`privatize` is the clipped SUM of per-example gradients
+(what :func:`dpjax.clipped_grad` returns). ``privatize`` adds ``N(0, sigma^2 C^2)`` once
+and divides by the *public* expected batch size. Its PRNG key lives in the optimizer
+state and is split on every update; there is no default key.
+
+Example:
+    >>> import jax, jax.numpy as jnp, optax, dpjax
+    >>> tx = optax.chain(
+    ...     dpjax.optim.privatize(noise_multiplier=1.0, l2_clip=0.1,
+    ...                           expected_batch_size=256, key=jax.random.key(0)),
+    ...     optax.adam(1e-3),
+    ... )
+    >>> params = {"w": jnp.zeros(3)}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.ones(3)}, state, params)
+
+Gradient accumulation: sum the clipped sums of ``k`` micro-batches and privatize once per
+logical batch. Either call ``grad_fn`` on each micro-batch and add the results yourself
+(then one ``tx.update``), or wrap the whole chain with :func:`accumulate`, which sums
+``k`` successive updates and runs the inner chain (noise included) once on the sum.
+Never add noise per micro-batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from dpjax.clip_rules import make_plan
+from dpjax.engines.vmap import clip_and_sum
+
+__all__ = [
+    "PrivatizeState",
+    "accumulate",
+    "dp_adam",
+    "dp_aggregate",
+    "dp_sgd",
+    "privatize",
+]
+
+
+class PrivatizeState(NamedTuple):
+    """State of :func:`privatize`: the noise key (split every step) and the step count."""
+
+    key: jax.Array
+    count: jax.Array
+
+
+def _check_key(key: Any) -> jax.Array:
+    if key is None:
+        raise TypeError(
+            "a PRNG key is required for DP noise (e.g. key=jax.random.key(seed)); "
+            "dpjax never uses a default key"
+        )
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    if not typed and not (key.dtype == jnp.uint32 and key.shape == (2,)):
+        raise TypeError(f"key must be a JAX PRNG key, got dtype {key.dtype} shape {key.shape}")
+    return key
+
+
+def _check_number(name: str, value: Any, *, positive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    ok = math.isfinite(value) and (value > 0 if positive else value >= 0)
+    if not ok:
+        raise ValueError(
+            f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}"
+        )
+    return value
+
+
+def _add_noise(updates: Any, key: jax.Array, std: float, scale: float) -> Any:
+    leaves, treedef = jax.tree.flatten(updates)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    noisy = []
+    for k, u in zip(keys, leaves, strict=False):
+        z = jax.random.normal(k, jnp.shape(u), jnp.float32)
+        noisy.append(((u.astype(jnp.float32) + std * z) * scale).astype(u.dtype))
+    return jax.tree.unflatten(treedef, noisy)
+
+
+def privatize(
+    noise_multiplier: float,
+    l2_clip: float,
+    expected_batch_size: int,
+    key: jax.Array,
+) -> optax.GradientTransformation:
+    """Adds Gaussian noise ``N(0, (noise_multiplier * l2_clip)^2)`` and normalises.
+
+    Args:
+      noise_multiplier: ``sigma >= 0`` (0 means no privacy; useful for baselines).
+      l2_clip: sensitivity ``C`` of the incoming clipped sum (``grad_fn.sensitivity``).
+      expected_batch_size: the public expected batch size ``q * N`` the sum is divided by
+        (never the number of rows actually sampled).
+      key: a JAX PRNG key; required. It is split on every update.
+
+    Returns:
+      An ``optax.GradientTransformation`` for the head of an ``optax.chain``.
+    """
+    sigma = _check_number("noise_multiplier", noise_multiplier, positive=False)
+    clip = _check_number("l2_clip", l2_clip, positive=True)
+    batch = _check_number("expected_batch_size", expected_batch_size, positive=True)
+    key = _check_key(key)
+    std, scale = sigma * clip, 1.0 / batch
+
+    def init_fn(params: Any) -> PrivatizeState:
+        del params
+        return PrivatizeState(key=key, count=jnp.zeros((), jnp.int32))
+
+    def update_fn(
+        updates: Any, state: PrivatizeState, params: Any = None
+    ) -> tuple[Any, PrivatizeState]:
+        del params
+        next_key, noise_key = jax.random.split(state.key)
+        noisy = _add_noise(updates, noise_key, std, scale)
+        return noisy, PrivatizeState(key=next_key, count=state.count + 1)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def dp_aggregate(
+    l2_clip: float,
+    noise_multiplier: float,
+    expected_batch_size: int,
+    key: jax.Array,
+) -> optax.GradientTransformation:
+    """For callers holding per-example gradients (leading batch axis on every leaf).
+
+    Clips each example's gradient to ``l2_clip`` (flat, abadi), sums with one contraction
+    per leaf, adds noise once and divides by ``expected_batch_size``. Examples with a
+    non-finite gradient contribute zero.
+    """
+    clip = _check_number("l2_clip", l2_clip, positive=True)
+    inner = privatize(noise_multiplier, clip, expected_batch_size, key)
+
+    def update_fn(updates: Any, state: PrivatizeState, params: Any = None) -> tuple[Any, Any]:
+        leaves = jax.tree.leaves(updates)
+        sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
+        if len(sizes) != 1 or None in sizes:
+            raise ValueError(
+                f"dp_aggregate needs per-example gradients with one leading batch axis; "
+                f"got leading dimensions {sorted(map(str, sizes))}"
+            )
+        plan = make_plan(updates, clip)
+        (size,) = sizes
+        summed = clip_and_sum(updates, plan, jnp.ones((size,), bool)).grads
+        return inner.update(summed, state, params)
+
+    return optax.GradientTransformation(inner.init, update_fn)
+
+
+def dp_sgd(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    noise_multiplier: float,
+    l2_clip: float,
+    expected_batch_size: int,
+    key: jax.Array,
+    momentum: float | None = None,
+    nesterov: bool = False,
+) -> optax.GradientTransformation:
+    """DP-SGD on clipped sums: ``chain(privatize(...), sgd(...))``."""
+    return optax.chain(
+        privatize(noise_multiplier, l2_clip, expected_batch_size, key),
+        optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
+    )
+
+
+def dp_adam(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    noise_multiplier: float,
+    l2_clip: float,
+    expected_batch_size: int,
+    key: jax.Array,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
+    """DP-Adam(W) on clipped sums: ``chain(privatize(...), adamw(...))``."""
+    return optax.chain(
+        privatize(noise_multiplier, l2_clip, expected_batch_size, key),
+        optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay),
+    )
+
+
+def accumulate(inner: optax.GradientTransformation, every_k: int) -> optax.GradientTransformation:
+    """Sums ``every_k`` successive updates and applies ``inner`` once to their sum.
+
+    Put the whole DP chain inside, so noise is added once per logical batch::
+
+        tx = dpjax.optim.accumulate(optax.chain(dpjax.optim.privatize(...), optax.adam(lr)), k)
+
+    The ``every_k - 1`` intermediate calls return zero updates.
+    """
+    if isinstance(every_k, bool) or not isinstance(every_k, int) or every_k < 1:
+        raise ValueError(f"every_k must be a positive int, got {every_k!r}")
+    multi = optax.MultiSteps(inner, every_k_schedule=every_k, use_grad_mean=False)
+    return multi.gradient_transformation()

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dpjax.clip_rules import ClipPlan
+from dpjax.clip_rules import ClipPlan, norm_dtype
 from dpjax.engines import register_engine
 from dpjax.engines.base import EngineResult
 from dpjax.partition import combine
@@ -46,7 +46,7 @@ def clip_and_sum(per_example: Any, plan: ClipPlan, mask: jax.Array) -> EngineRes
     """Clips per-example gradients (leading axis ``B``) by the plan and sums them."""
     leaves, treedef = jax.tree.flatten(per_example)
     sq = [
-        jnp.sum(jnp.square(g.astype(jnp.float32)).reshape(g.shape[0], -1), axis=1)
+        jnp.sum(jnp.square(g.astype(norm_dtype(g.dtype))).reshape(g.shape[0], -1), axis=1)
         for g in leaves
     ]
     sq_norms = plan.group_sq_norms(sq)
@@ -55,7 +55,7 @@ def clip_and_sum(per_example: Any, plan: ClipPlan, mask: jax.Array) -> EngineRes
     for i, g in enumerate(leaves):
         c = plan.leaf_factor(factors, i).astype(g.dtype)
         safe = jnp.where(keep.reshape((-1,) + (1,) * (g.ndim - 1)), g, jnp.zeros((), g.dtype))
-        total = jnp.einsum("b,b...->...", c, safe, preferred_element_type=jnp.float32)
+        total = jnp.einsum("b,b...->...", c, safe, preferred_element_type=norm_dtype(g.dtype))
         summed.append(total.astype(g.dtype))
     return EngineResult(jax.tree.unflatten(treedef, summed), sq_norms, None, keep)
 
