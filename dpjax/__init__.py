@@ -1,13 +1,20 @@
 """dpjax: differentially private fine-tuning of foundation models in JAX/Flax.
 
-Public names only; see README.md for a tour.
+Public names only; see README.md for a tour. Submodules ``accounting``, ``data``,
+``models`` and ``training`` load on first use, so ``import dpjax`` stays light (no
+dp_accounting or TensorFlow Datasets import until they are needed).
 """
 
-from dpjax import accounting, optim
+import importlib
+from typing import Any
+
+from dpjax import optim
 from dpjax.clipping import ClipInfo, ClippedGrad, clipped_grad
 from dpjax.partition import all_leaves, bias_only, combine, named, partition
 
 __version__ = "0.1.0"
+
+_LAZY = ("accounting", "data", "models", "training")
 
 __all__ = [
     "ClipInfo",
@@ -17,7 +24,18 @@ __all__ = [
     "bias_only",
     "clipped_grad",
     "combine",
+    "data",
+    "models",
     "named",
     "optim",
     "partition",
+    "training",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(f"dpjax.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'dpjax' has no attribute {name!r}")
