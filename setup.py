@@ -20,7 +20,15 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
 ]
 
-TEST_REQUIRES = [
+GENERATION_REQUIRES = [
+    "sacrebleu==2.6.0",
+    "rouge-score==0.1.2",
+    "nltk==3.10.4",
+]
+
+PLOT_REQUIRES = ["matplotlib==3.11.2"]
+
+TEST_REQUIRES = GENERATION_REQUIRES + PLOT_REQUIRES + [
     "pytest==9.0.3",
     "pytest-xdist==3.8.0",
     "ruff==0.17.6",
@@ -33,5 +41,9 @@ setup(
     packages=find_packages(include=["dpjax", "dpjax.*"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={
+        "generation": GENERATION_REQUIRES,
+        "plot": PLOT_REQUIRES,
+        "test": TEST_REQUIRES,
+    },
 )

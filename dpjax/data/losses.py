@@ -1,0 +1,108 @@
+"""Per-example losses that match the batch formats of the data loaders.
+
+Every function returns one loss per example (shape ``[B]``), the contract of
+``dpjax.clipped_grad``. Log-softmaxes run in at least float32 (bfloat16 logits are upcast).
+
+* ``prompt_logits`` / ``prompt_loss``: text infilling -- the label-word logits at the
+  mask position, gathered directly (no one-hot over the vocabulary).
+* ``classification_loss``: softmax cross-entropy of a classifier head.
+* ``multilabel_loss``: sigmoid cross-entropy summed over labels (CelebA, 40 attributes).
+* ``lm_loss``: next-token loss on the positions selected by a ``loss_mask``.
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> logits = jnp.zeros((2, 5, 11))  # [B, T, V] from a masked LM
+    >>> prompt_logits(logits, jnp.array([1, 3]), jnp.array([4, 7])).shape
+    (2, 2)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _f32(x: jax.Array) -> jax.Array:
+    """Upcasts to at least float32 (bfloat16 -> float32; float64 stays float64)."""
+    x = jnp.asarray(x)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+__all__ = [
+    "classification_loss",
+    "lm_loss",
+    "mask_hidden",
+    "multilabel_loss",
+    "prompt_logits",
+    "prompt_loss",
+]
+
+
+def prompt_logits(mlm_logits: jax.Array, mask_position: jax.Array, label_word_ids: jax.Array):
+    """``[B, T, V]`` masked-LM logits -> ``[B, C]`` label-word logits at each mask.
+
+    Args:
+      mlm_logits: vocabulary logits of a masked LM.
+      mask_position: ``[B]`` position of the mask token in each row.
+      label_word_ids: ``[C]`` token id of each class's label word.
+    """
+    rows = jnp.arange(mlm_logits.shape[0])[:, None]
+    return mlm_logits[rows, jnp.asarray(mask_position)[:, None], jnp.asarray(label_word_ids)[None]]
+
+
+def mask_hidden(hidden: jax.Array, mask_position: jax.Array) -> jax.Array:
+    """``[B, T, d]`` hidden states -> ``[B, d]`` at the mask (apply the LM head to this
+    alone, and only to the label-word rows of the decoder, to skip the ``[B, T, V]``
+    logits entirely)."""
+    return hidden[jnp.arange(hidden.shape[0]), jnp.asarray(mask_position)]
+
+
+def classification_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Softmax cross-entropy per example: ``[B, C]`` logits, ``[B]`` int labels."""
+    logp = jax.nn.log_softmax(_f32(logits), axis=-1)
+    return -jnp.take_along_axis(logp, jnp.asarray(labels)[:, None].astype(jnp.int32), -1)[:, 0]
+
+
+def prompt_loss(
+    mlm_logits: jax.Array,
+    mask_position: jax.Array,
+    label_word_ids: jax.Array,
+    labels: jax.Array,
+) -> jax.Array:
+    """Cross-entropy over the label words only (LM-BFF): ``[B]``."""
+    return classification_loss(prompt_logits(mlm_logits, mask_position, label_word_ids), labels)
+
+
+def multilabel_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Sigmoid cross-entropy summed over labels: ``[B, K]`` logits, ``[B, K]`` 0/1."""
+    x = _f32(logits)
+    y = jnp.asarray(labels).astype(jnp.float32)
+    return jnp.sum(jnp.logaddexp(0.0, x) - x * y, axis=-1)
+
+
+def lm_loss(
+    logits: jax.Array,
+    input_ids: jax.Array,
+    loss_mask: jax.Array,
+    reduction: str = "mean",
+) -> jax.Array:
+    """Next-token cross-entropy per example on the tokens where ``loss_mask`` is 1.
+
+    Position ``t`` of ``logits`` predicts ``input_ids[:, t + 1]``; a target token at
+    ``t + 1`` counts when ``loss_mask[:, t + 1] == 1`` (the table-to-text batches put 1
+    exactly on the reference tokens and the final eos).
+
+    Args:
+      logits: ``[B, T, V]``; input_ids, loss_mask: ``[B, T]``.
+      reduction: ``"mean"`` over each example's target tokens, or ``"sum"``.
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    logp = jax.nn.log_softmax(_f32(logits[:, :-1]), axis=-1)
+    targets = jnp.asarray(input_ids)[:, 1:, None].astype(jnp.int32)
+    nll = -jnp.take_along_axis(logp, targets, -1)[..., 0]
+    weights = jnp.asarray(loss_mask)[:, 1:].astype(nll.dtype)
+    total = jnp.sum(nll * weights, axis=-1)
+    if reduction == "sum":
+        return total
+    return total / jnp.maximum(jnp.sum(weights, axis=-1), 1.0)
