@@ -9,6 +9,7 @@ import importlib
 from typing import Any
 
 from dpjax import optim
+from dpjax.check import EngineMismatchError, check_engine
 from dpjax.clipping import ClipInfo, ClippedGrad, clipped_grad
 from dpjax.partition import all_leaves, bias_only, combine, named, partition
 
@@ -19,9 +20,11 @@ _LAZY = ("accounting", "data", "models", "training")
 __all__ = [
     "ClipInfo",
     "ClippedGrad",
+    "EngineMismatchError",
     "accounting",
     "all_leaves",
     "bias_only",
+    "check_engine",
     "clipped_grad",
     "combine",
     "data",

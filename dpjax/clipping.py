@@ -92,7 +92,7 @@ def _pad_rows(batch: dict[str, Any], size: int, multiple: int) -> dict[str, Any]
     return jax.tree.map(pad, batch)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: jit-able with dict l2_clip
 class ClippedGrad:
     """A configured clipped-gradient function; call it as ``grad_fn(params, batch)``.
 
