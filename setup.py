@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "tokenizers==0.23.3",
     "tiktoken==0.14.0",
     "tqdm==4.70.1",
+    "tensorboardX==2.6.5",
 ]
 
 GENERATION_REQUIRES = [

@@ -110,6 +110,7 @@ class ClippedGrad:
     microbatch_size: int | None = None
     group_fn: Callable[[Path], str] | None = None
     spmd_axis_name: str | None = None
+    isolate_nonfinite: bool = True
 
     def __post_init__(self) -> None:
         if not callable(self.loss_fn):
@@ -145,11 +146,17 @@ class ClippedGrad:
         plan = make_plan(train, self.l2_clip, self.clip_fn, self.gamma, self.group_fn)
         engine = get_engine(self.method)
 
-        def run(micro: Any) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
+        def run_engine(micro: Any) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
             res = engine(
                 self.loss_fn, train, frozen, micro, plan, spmd_axis_name=self.spmd_axis_name
             )
             return res.grads, res.sq_norms, res.loss, res.keep
+
+        def run(micro: Any) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
+            out = run_engine(micro)
+            if not self.isolate_nonfinite:
+                return out
+            return _isolate_nonfinite(run_engine, micro, out)
 
         mb = self.microbatch_size
         if mb is None or mb >= size:
@@ -169,6 +176,43 @@ class ClippedGrad:
             sq_norms, loss, keep = (x.reshape((n_micro * mb,) + x.shape[2:])[:size] for x in outs)
             mask = batch["mask"]
         return grads, _info(plan, sq_norms, loss, keep, mask)
+
+
+def _isolate_nonfinite(
+    run_engine: Callable[[Any], tuple[Any, jax.Array, jax.Array, jax.Array]],
+    micro: Any,
+    out: tuple[Any, jax.Array, jax.Array, jax.Array],
+) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
+    """Re-runs a micro-batch without its non-finite rows, only when it has any.
+
+    Some batched XLA kernels mix examples through ``nan * 0`` (the per-example kernel
+    gradient of a convolution under ``vmap`` is one grouped convolution), so one bad row
+    can poison every row's gradient. When a row in the mask has a non-finite norm, the
+    micro-batch is recomputed with those rows replaced by a copy of a finite row and
+    masked out; ``lax.cond`` runs the second pass only for such micro-batches.
+    """
+    grads, sq_norms, loss, keep = out
+    mask = micro["mask"]
+    bad_norm = mask & ~jnp.all(jnp.isfinite(sq_norms), axis=-1)
+    # The forward pass never mixes rows, so a non-finite loss names the culprit even when
+    # the backward pass has spread its nan to every row's norm.
+    bad_loss = mask & ~jnp.isfinite(loss)
+    bad = jnp.where(jnp.any(bad_loss), bad_loss, bad_norm)
+
+    def redo(_: None) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
+        src = jnp.argmax(~bad)  # first row that is not bad (all rows bad: nothing kept)
+
+        def replace(x: jax.Array) -> jax.Array:
+            rows = bad.reshape((-1,) + (1,) * (jnp.ndim(x) - 1))
+            return jnp.where(rows, x[src], x)
+
+        clean = jax.tree.map(replace, dict(micro))
+        clean["mask"] = mask & ~bad
+        g2, s2, l2, k2 = run_engine(clean)
+        nan = jnp.full_like(s2, jnp.nan)
+        return g2, jnp.where(bad[:, None], nan, s2), jnp.where(bad, loss, l2), k2 & ~bad
+
+    return jax.lax.cond(jnp.any(bad_norm), redo, lambda _: (grads, sq_norms, loss, keep), None)
 
 
 def _info(
@@ -201,6 +245,7 @@ def clipped_grad(
     microbatch_size: int | None = None,
     group_fn: Callable[[Path], str] | None = None,
     spmd_axis_name: str | None = None,
+    isolate_nonfinite: bool = True,
 ) -> ClippedGrad:
     """Builds ``grad_fn(params, batch) -> (grads, info)`` with ``grads = sum_i c_i g_i``.
 
@@ -219,6 +264,9 @@ def clipped_grad(
         result does not change). A batch that does not divide is padded with masked rows.
       group_fn: maps a leaf path to its clip group name (with a mapping ``l2_clip``).
       spmd_axis_name: mesh axis the batch is sharded on, forwarded to ``jax.vmap``.
+      isolate_nonfinite: when a micro-batch has a row with a non-finite gradient, recompute
+        it without that row (guards against kernels that mix rows via ``nan * 0``; costs a
+        second pass only for such micro-batches, and a second trace at compile time).
 
     Returns:
       A :class:`ClippedGrad`; calling it returns ``(grads, ClipInfo)``. Rows whose
@@ -234,4 +282,5 @@ def clipped_grad(
         microbatch_size=microbatch_size,
         group_fn=group_fn,
         spmd_axis_name=spmd_axis_name,
+        isolate_nonfinite=isolate_nonfinite,
     )

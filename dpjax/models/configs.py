@@ -1,0 +1,187 @@
+"""Named model sizes, Hugging Face ``config.json`` <-> config, and the model factory.
+
+Standard sizes: ``bert-base``, ``bert-large``, ``roberta-base``, ``roberta-large``,
+``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``, ``distilgpt2``,
+``vit-base-patch16-224``, ``vit-large-patch16-224``, ``resnet18``, ``resnet50``.
+Tiny sizes for tests: ``bert-tiny``, ``roberta-tiny``, ``gpt2-tiny``, ``vit-tiny``,
+``resnet-tiny`` (basic blocks), ``resnet-tiny-bottleneck``.
+
+Example:
+    >>> from dpjax.models import get_config
+    >>> get_config("roberta-large").hidden_size
+    1024
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from dpjax.models.bert import BertConfig, BertModel
+from dpjax.models.gpt2 import GPT2Config, GPT2Model
+from dpjax.models.resnet import ResNet, ResNetConfig
+from dpjax.models.vit import ViT, ViTConfig
+
+__all__ = [
+    "CONFIGS",
+    "Config",
+    "config_from_hf",
+    "config_to_hf",
+    "create_model",
+    "dummy_inputs",
+    "get_config",
+    "model_type",
+]
+
+Config = BertConfig | GPT2Config | ViTConfig | ResNetConfig
+
+_ROBERTA = dict(
+    vocab_size=50265,
+    max_position_embeddings=514,
+    type_vocab_size=1,
+    layer_norm_eps=1e-5,
+    pad_token_id=1,
+    model_type="roberta",
+)
+
+CONFIGS: dict[str, Config] = {
+    "bert-base": BertConfig(),
+    "bert-large": BertConfig(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+    ),
+    "roberta-base": BertConfig(**_ROBERTA),
+    "roberta-large": BertConfig(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        **_ROBERTA,
+    ),
+    "gpt2": GPT2Config(),
+    "gpt2-medium": GPT2Config(n_embd=1024, n_layer=24, n_head=16),
+    "gpt2-large": GPT2Config(n_embd=1280, n_layer=36, n_head=20),
+    "gpt2-xl": GPT2Config(n_embd=1600, n_layer=48, n_head=25),
+    "distilgpt2": GPT2Config(n_layer=6),
+    "vit-base-patch16-224": ViTConfig(),
+    "vit-large-patch16-224": ViTConfig(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+    ),
+    "resnet18": ResNetConfig(
+        hidden_sizes=(64, 128, 256, 512), depths=(2, 2, 2, 2), layer_type="basic"
+    ),
+    "resnet50": ResNetConfig(),
+    # Tiny configurations for tests.
+    "bert-tiny": BertConfig(
+        vocab_size=128,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    ),
+    "roberta-tiny": BertConfig(
+        **{**_ROBERTA, "vocab_size": 128, "max_position_embeddings": 34},
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=32,
+    ),
+    "gpt2-tiny": GPT2Config(
+        vocab_size=128,
+        n_positions=32,
+        n_embd=16,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=0,
+        eos_token_id=0,
+    ),
+    "vit-tiny": ViTConfig(
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=32,
+        image_size=32,
+        patch_size=8,
+    ),
+    "resnet-tiny": ResNetConfig(
+        embedding_size=8, hidden_sizes=(8, 16), depths=(1, 1), layer_type="basic", num_groups=4
+    ),
+    "resnet-tiny-bottleneck": ResNetConfig(
+        embedding_size=8, hidden_sizes=(16, 32), depths=(1, 2), num_groups=4
+    ),
+}
+
+# model_type -> (config class, model class); "roberta" shares BERT's classes.
+_ARCH: dict[str, tuple[type, type[nn.Module]]] = {
+    "bert": (BertConfig, BertModel),
+    "roberta": (BertConfig, BertModel),
+    "gpt2": (GPT2Config, GPT2Model),
+    "vit": (ViTConfig, ViT),
+    "resnet": (ResNetConfig, ResNet),
+}
+
+
+def get_config(name: str, **overrides: Any) -> Config:
+    """The named configuration, optionally with fields replaced (``conv_bias=True``)."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown model config {name!r}; known: {sorted(CONFIGS)}")
+    return dataclasses.replace(CONFIGS[name], **overrides) if overrides else CONFIGS[name]
+
+
+def model_type(config: Config) -> str:
+    """The Hugging Face ``model_type`` of a config."""
+    if isinstance(config, BertConfig):
+        return config.model_type
+    for name, (cls, _) in _ARCH.items():
+        if isinstance(config, cls):
+            return name
+    raise TypeError(f"not a dpjax model config: {type(config).__name__}")
+
+
+def config_from_hf(hf: dict[str, Any], **overrides: Any) -> Config:
+    """Builds a config from a Hugging Face ``config.json`` dict (unknown keys ignored)."""
+    kind = hf.get("model_type")
+    if kind not in _ARCH:
+        raise ValueError(f"unsupported model_type {kind!r}; supported: {sorted(_ARCH)}")
+    cls = _ARCH[kind][0]
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in hf.items() if k in names}
+    for key in ("hidden_sizes", "depths"):
+        if key in kwargs:
+            kwargs[key] = tuple(kwargs[key])
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields in overrides: {unknown}")
+    return cls(**{**kwargs, **overrides})
+
+
+def config_to_hf(config: Config) -> dict[str, Any]:
+    """The ``config.json`` dict for ``config`` (HF field names plus ``model_type``)."""
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    out["model_type"] = model_type(config)
+    return out
+
+
+def create_model(
+    config: Config, head: str | None = None, num_labels: int = 2, dtype: Any = jnp.float32
+) -> nn.Module:
+    """The linen module for ``config`` with the given head."""
+    cls = _ARCH[model_type(config)][1]
+    if cls is GPT2Model:
+        if head not in (None, "lm"):
+            raise ValueError(f"GPT-2 heads are None or 'lm', got {head!r}")
+        return cls(config, head=head, dtype=dtype)
+    return cls(config, head=head, num_labels=num_labels, dtype=dtype)
+
+
+def dummy_inputs(config: Config, batch: int = 1) -> np.ndarray:
+    """A zero input of the right kind (token ids ``[B, 8]`` or NHWC images)."""
+    if isinstance(config, (BertConfig, GPT2Config)):
+        return np.zeros((batch, 8), np.int32)
+    if isinstance(config, ViTConfig):
+        return np.zeros((batch, config.image_size, config.image_size, config.num_channels))
+    return np.zeros((batch, 32, 32, config.num_channels), np.float32)

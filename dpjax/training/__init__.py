@@ -1,0 +1,39 @@
+"""One trainer for every method: DP full, DP-BiTFiT, two-phase and non-private baselines.
+
+Example:
+    >>> from dpjax import training
+    >>> from experiments.configs import toy  # doctest: +SKIP
+    >>> results = training.train(toy.get_config("smoke"), "/tmp/run")  # doctest: +SKIP
+"""
+
+from dpjax.training.checkpoint import Checkpointer, CheckpointError, fingerprint
+from dpjax.training.loop import Trainer, make_sampler, train
+from dpjax.training.plan import Phase, RunPlan, make_plan
+from dpjax.training.settings import METHODS, ConfigError, TrainSettings
+from dpjax.training.state import TrainState, init_state, switch_phase
+from dpjax.training.step import MicroStats, make_apply, make_micro_step
+from dpjax.training.task import Dataset, Task, build_task
+
+__all__ = [
+    "METHODS",
+    "CheckpointError",
+    "Checkpointer",
+    "ConfigError",
+    "Dataset",
+    "MicroStats",
+    "Phase",
+    "RunPlan",
+    "Task",
+    "TrainSettings",
+    "TrainState",
+    "Trainer",
+    "build_task",
+    "fingerprint",
+    "init_state",
+    "make_apply",
+    "make_micro_step",
+    "make_plan",
+    "make_sampler",
+    "switch_phase",
+    "train",
+]

@@ -1,0 +1,206 @@
+"""Checkpoints that carry the whole run: parameters, optimizer state (noise key
+included), the logical step / sampler position, the privacy ledger and a config
+fingerprint.
+
+Layout under ``<workdir>/checkpoints/<step>/``: an orbax ``state`` item holding
+``{"params", "opt", "step"}`` (typed PRNG keys stored as their raw key data) and a JSON
+``meta`` item. Restoring checks the fingerprint and every array's shape and dtype
+*before* reading arrays, and turns unreadable checkpoints into a :class:`CheckpointError`
+that says which directory and why.
+
+Example:
+    >>> ckpt = Checkpointer("/tmp/run/checkpoints", keep=2, fingerprint="abc")  # doctest: +SKIP
+    >>> ckpt.save(state, phase=0, ledger=ledger.to_dict(), sampler=s.state_dict())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from dpjax.partition import leaf_paths, path_to_str
+from dpjax.training.state import TrainState
+
+__all__ = ["CheckpointError", "Checkpointer", "fingerprint"]
+
+#: Config keys that may change between a run and its resumption.
+OPERATIONAL_KEYS = (
+    "eval_every",
+    "eval_batch_size",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "mesh",
+    "distributed",
+    "description",
+)
+_FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is unreadable or does not belong to this run."""
+
+
+def fingerprint(config: Mapping[str, Any]) -> str:
+    """SHA-256 of the config without operational keys (JSON, sorted keys)."""
+    trimmed = {k: v for k, v in dict(config).items() if k not in OPERATIONAL_KEYS}
+    privacy = dict(trimmed.get("privacy") or {})
+    privacy.pop("max_epsilon", None)  # a budget may be raised on resume; the ledger decides
+    if privacy:
+        trimmed["privacy"] = privacy
+    blob = json.dumps(trimmed, sort_keys=True, default=repr)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _is_key(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _spec(x: Any) -> list[Any]:
+    return [list(np.shape(x)), str(x.dtype)]
+
+
+class Checkpointer:
+    """Saves and restores :class:`TrainState` plus run metadata with orbax.
+
+    Args:
+      directory: checkpoint directory (created on first save).
+      keep: number of most recent checkpoints kept.
+      fingerprint: the run's config fingerprint (see :func:`fingerprint`).
+    """
+
+    def __init__(self, directory: str, *, keep: int, fingerprint: str) -> None:
+        self.directory = os.path.abspath(directory)
+        self.fingerprint = fingerprint
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=False
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "meta")
+        )
+
+    def latest_step(self) -> int | None:
+        """Step of the newest complete checkpoint, or ``None``."""
+        return self._manager.latest_step()
+
+    def save(self, state: TrainState, **meta: Any) -> None:
+        """Saves ``state`` and JSON ``meta`` (phase, ledger, sampler, ...) at its step."""
+        step = int(jax.device_get(state.step)) if state.step.is_fully_addressable else None
+        if step is None:
+            step = int(np.asarray(state.step.addressable_data(0)))
+        opt = jax.tree.leaves(state.opt_state)
+        record = {
+            "format": _FORMAT,
+            "step": step,
+            "fingerprint": self.fingerprint,
+            "params": {path_to_str(p): _spec(x) for p, x in _paths(state.params)},
+            "opt": [_spec(x) for x in opt],
+            "opt_keys": [i for i, x in enumerate(opt) if _is_key(x)],
+            **meta,
+        }
+        tree = {
+            "params": state.params,
+            "opt": {
+                f"{i:04d}": jax.random.key_data(x) if _is_key(x) else x for i, x in enumerate(opt)
+            },
+            "step": state.step,
+        }
+        args = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(record))
+        self._manager.save(step, args=args, force=True)
+        self._manager.wait_until_finished()
+
+    def read_meta(self, step: int) -> dict[str, Any]:
+        """The JSON metadata of the checkpoint at ``step`` (no arrays are read)."""
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+            meta = out["meta"]
+        except Exception as e:  # noqa: BLE001 - any failure means an unusable checkpoint
+            raise CheckpointError(
+                f"checkpoint {self.directory}/{step} is unreadable or corrupt "
+                f"({type(e).__name__}: {e}); remove it or use another workdir"
+            ) from e
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            raise CheckpointError(f"checkpoint {self.directory}/{step} has no valid metadata")
+        return meta
+
+    def restore(self, template: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
+        """Restores into arrays shaped and sharded like ``template`` (same phase).
+
+        Raises:
+          CheckpointError: unreadable checkpoint, other config, or other shapes.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        meta = self.read_meta(step)
+        self.check(meta, template)
+        opt = jax.tree.leaves(template.opt_state)
+        tree = {
+            "params": template.params,
+            "opt": {
+                f"{i:04d}": jax.random.key_data(x) if _is_key(x) else x for i, x in enumerate(opt)
+            },
+            "step": template.step,
+        }
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree
+        )
+        try:
+            out = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            )["state"]
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(
+                f"checkpoint {self.directory}/{step} could not be restored "
+                f"({type(e).__name__}: {e}); remove it or use another workdir"
+            ) from e
+        leaves = [
+            jax.random.wrap_key_data(out["opt"][f"{i:04d}"], impl=jax.random.key_impl(x))
+            if _is_key(x)
+            else out["opt"][f"{i:04d}"]
+            for i, x in enumerate(opt)
+        ]
+        opt_state = jax.tree.unflatten(jax.tree.structure(template.opt_state), leaves)
+        is_none = lambda x: x is None  # noqa: E731
+        in_train = jax.tree.map(lambda x: x is not None, template.train, is_leaf=is_none)
+        train = jax.tree.map(lambda m, p: p if m else None, in_train, out["params"])
+        frozen = jax.tree.map(lambda m, p: None if m else p, in_train, out["params"])
+        return TrainState(out["step"], train, frozen, opt_state), meta
+
+    def check(self, meta: Mapping[str, Any], template: TrainState) -> None:
+        """Raises :class:`CheckpointError` if ``meta`` does not fit this run."""
+        where = f"checkpoint {self.directory}/{meta.get('step')}"
+        if meta.get("fingerprint") != self.fingerprint:
+            raise CheckpointError(
+                f"{where} was written by a run with a different config (fingerprint "
+                f"{meta.get('fingerprint')!r}, this run {self.fingerprint!r}); resuming would "
+                "mix two experiments -- use a fresh workdir"
+            )
+        want = {path_to_str(p): _spec(x) for p, x in _paths(template.params)}
+        have = meta.get("params", {})
+        for name in sorted(set(want) | set(have)):
+            if want.get(name) != have.get(name):
+                raise CheckpointError(
+                    f"{where}: parameter {name!r} is {have.get(name)} in the checkpoint but "
+                    f"{want.get(name)} in this run (shape, dtype)"
+                )
+        opt = [_spec(x) for x in jax.tree.leaves(template.opt_state)]
+        if opt != meta.get("opt"):
+            raise CheckpointError(
+                f"{where}: optimizer state does not match this run's optimizer "
+                f"({len(meta.get('opt', []))} vs {len(opt)} arrays, or different shapes)"
+            )
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def _paths(tree: Any) -> list[tuple[tuple[str, ...], Any]]:
+    return list(zip(leaf_paths(tree), jax.tree.leaves(tree), strict=True))

@@ -1,0 +1,76 @@
+"""Evaluation: per-example metrics averaged over the real rows of every eval split.
+
+Each split is read in fixed-shape padded batches (every host loads its slice), the jitted
+``eval_fn`` gives ``{metric: [B]}``, and masked sums are accumulated, so the average is
+exact whatever the padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from dpjax.data.sampling import host_slice
+from dpjax.training.sharding import global_batch, replicated, to_host
+
+__all__ = ["Evaluator"]
+
+
+class Evaluator:
+    """Runs ``eval_fn`` over ``datasets`` in padded batches of ``batch_size`` rows.
+
+    Args:
+      eval_fn: ``eval_fn(params, batch) -> {name: [B]}``.
+      datasets: ``{split: Dataset}``.
+      batch_size: rows per batch (a multiple of the data-axis size and process count).
+      mesh: the device mesh.
+    """
+
+    def __init__(
+        self,
+        eval_fn: Callable[[Any, Any], Mapping[str, jax.Array]],
+        datasets: Mapping[str, Any],
+        batch_size: int,
+        mesh: Mesh,
+    ) -> None:
+        self.datasets = dict(datasets)
+        self.batch_size = batch_size
+        self.mesh = mesh
+
+        def sums(params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+            out = eval_fn(params, batch)
+            mask = batch["mask"].astype(jnp.float32)
+            res = {k: jnp.sum(jnp.asarray(v, jnp.float32) * mask) for k, v in out.items()}
+            res["__count__"] = jnp.sum(mask)
+            return res
+
+        self._sums = jax.jit(sums, out_shardings=replicated(mesh))
+
+    def _batches(self, data: Any) -> Any:
+        n, b = len(data), self.batch_size
+        pid, count = jax.process_index(), jax.process_count()
+        for start in range(0, n, b):
+            idx = np.arange(start, start + b, dtype=np.int64)
+            mask = idx < n
+            idx = np.where(mask, idx, 0)
+            local_idx, local_mask = host_slice(idx, mask, pid, count)
+            local = data.take(local_idx, local_mask)
+            local["mask"] = np.asarray(local["mask"], bool) & local_mask
+            yield global_batch(local, self.mesh, b)
+
+    def __call__(self, params: Any) -> dict[str, float]:
+        """``{"<split>/<metric>": mean over the split's examples}``."""
+        results: dict[str, float] = {}
+        for split, data in self.datasets.items():
+            totals: dict[str, float] = {}
+            for batch in self._batches(data):
+                for k, v in self._sums(params, batch).items():
+                    totals[k] = totals.get(k, 0.0) + float(to_host(v))
+            count = max(totals.pop("__count__", 0.0), 1.0)
+            results.update({f"{split}/{k}": v / count for k, v in totals.items()})
+        return results

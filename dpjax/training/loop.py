@@ -1,0 +1,362 @@
+"""The host loop: one trainer for every method (config choices, not scripts).
+
+Per logical step ``t``: the sampler (stateless in ``(seed, t)``) gives fixed-shape
+micro-batches; each host loads its slice of each; the jitted micro-step's clipped sums
+are accumulated on device; one jitted ``apply`` adds the noise once and runs the
+optimizer; the ledger records one DP event. Logging, evaluation and checkpoints run on
+their schedules, and a run resumed from its workdir continues step count and epsilon.
+
+Example:
+    >>> from experiments.configs import toy  # doctest: +SKIP
+    >>> results = train(toy.get_config("smoke"), "/tmp/toy-run")  # doctest: +SKIP
+    >>> results["epsilon"], results["steps"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import tqdm
+
+from dpjax.accounting import PrivacyLedger
+from dpjax.data.sampling import FixedSizeSampler, PoissonSampler, host_slice
+from dpjax.training.checkpoint import Checkpointer, CheckpointError, fingerprint
+from dpjax.training.evaluation import Evaluator
+from dpjax.training.metrics import MetricWriter
+from dpjax.training.optimizer import make_optimizer
+from dpjax.training.plan import RunPlan, make_plan
+from dpjax.training.settings import ConfigError, TrainSettings
+from dpjax.training.sharding import (
+    DATA,
+    global_batch,
+    make_mesh,
+    param_shardings,
+    place,
+    replicated,
+    to_host,
+)
+from dpjax.training.state import TrainState, init_state, switch_phase
+from dpjax.training.step import add_micro, make_apply, make_micro_step
+from dpjax.training.task import Task, build_task
+
+__all__ = ["Hook", "Trainer", "train"]
+
+log = logging.getLogger(__name__)
+
+#: ``hook(step, state)`` after every logical step (``step`` = steps done).
+Hook = Callable[[int, TrainState], None]
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def make_sampler(settings: TrainSettings, n: int) -> PoissonSampler | FixedSizeSampler:
+    """The sampler of the run (Poisson unless ``config.sampler == "fixed"``)."""
+    if settings.batch_size > n:
+        raise ConfigError(
+            f"config.batch_size={settings.batch_size} exceeds the {n} training examples"
+        )
+    if settings.sampler == "poisson":
+        return PoissonSampler(
+            n,
+            expected_batch_size=settings.batch_size,
+            physical_batch_size=settings.physical_batch_size,
+            seed=settings.seed,
+        )
+    return FixedSizeSampler(
+        n,
+        batch_size=settings.batch_size,
+        physical_batch_size=settings.physical_batch_size,
+        seed=settings.seed,
+    )
+
+
+def _check_divisible(name: str, rows: int, mesh_rows: int, processes: int) -> None:
+    for what, k in (("the mesh data axis", mesh_rows), ("the process count", processes)):
+        if rows % k:
+            raise ConfigError(f"config.{name}={rows} is not divisible by {what} ({k})")
+
+
+@dataclasses.dataclass
+class _PhaseFns:
+    index: int
+    micro: Callable[..., Any]
+    apply: Callable[..., Any]
+    tx: Any
+
+
+class Trainer:
+    """Builds everything for a run from a config and a task; :meth:`run` trains.
+
+    Args:
+      config: ml_collections config (validated here, before any compilation).
+      workdir: run directory (metrics, checkpoints, results.json).
+      task: the :class:`Task`; built from ``config.task.builder`` when ``None``.
+      devices: devices of the mesh (default: all).
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        workdir: str,
+        *,
+        task: Task | None = None,
+        devices: Sequence[Any] | None = None,
+    ) -> None:
+        self.settings = TrainSettings.from_config(config)
+        self.config = _config_dict(config)
+        self.workdir = os.path.abspath(workdir)
+        self.task = task if task is not None else build_task(config.task)
+        s = self.settings
+        self.mesh = make_mesh(s.mesh, devices)
+        self.eval_batch_size = s.eval_batch_size or s.physical_batch_size
+        procs = jax.process_count()
+        _check_divisible("physical_batch_size", s.physical_batch_size, self.mesh.shape[DATA], procs)
+        _check_divisible("eval_batch_size", self.eval_batch_size, self.mesh.shape[DATA], procs)
+        self.sampler = make_sampler(s, self.task.num_train)
+        self.plan: RunPlan = make_plan(s, self.sampler, self.task.trainable_extra)
+        self.base_key = jax.random.key(s.seed)
+        self._fns: _PhaseFns | None = None
+        self._add = jax.jit(add_micro, donate_argnums=0)
+        self.is_main = jax.process_index() == 0
+
+    # ------------------------------------------------------------------ pieces
+    def phase_fns(self, index: int) -> _PhaseFns:
+        """Optimizer and jitted micro-step / apply of phase ``index`` (cached)."""
+        if self._fns is not None and self._fns.index == index:
+            return self._fns
+        phase, plan, priv = self.plan.phases[index], self.plan, self.settings.privacy
+        tx = make_optimizer(
+            self.settings.optimizer,
+            lr=phase.lr,
+            steps=phase.steps,
+            noise_multiplier=plan.noise_multiplier if phase.private else 0.0,
+            l2_clip=plan.l2_clip,
+            expected_batch_size=plan.expected_batch_size,
+            key=jax.random.fold_in(self.base_key, index),
+        )
+        micro = make_micro_step(
+            self.task.loss_fn,
+            engine=phase.engine,
+            trainable=phase.trainable,
+            l2_clip=priv.l2_clip,
+            clip_fn=priv.clip_fn,
+            gamma=priv.gamma,
+            spmd_axis_name=DATA,
+        )
+        self._fns = _PhaseFns(index, jax.jit(micro), jax.jit(make_apply(tx), donate_argnums=0), tx)
+        return self._fns
+
+    def initial_state(self, phase_index: int = 0) -> TrainState:
+        """Fresh state: the task's parameters placed on the mesh, optimizer of the phase."""
+        shardings = param_shardings(self.mesh, self.task.params, self.settings.mesh.fsdp)
+        params = place(self.task.params, shardings)
+        fns = self.phase_fns(phase_index)
+        trainable = self.plan.phases[phase_index].trainable
+        state = init_state(params, trainable, fns.tx, shardings=self._opt_shardings)
+        return self._place_step(state, 0)
+
+    def _opt_shardings(self, abstract: Any) -> Any:
+        # FSDP shards by shape, so Adam's moments land like their parameters.
+        return param_shardings(self.mesh, abstract, self.settings.mesh.fsdp)
+
+    def _place_step(self, state: TrainState, step: int) -> TrainState:
+        return state.replace(step=place(np.asarray(step, np.int32), replicated(self.mesh)))
+
+    def load_batch(self, indices: np.ndarray, mask: np.ndarray) -> dict[str, jax.Array]:
+        """This host's slice of a micro-batch, assembled into a global array."""
+        local_idx, local_mask = host_slice(indices, mask, jax.process_index(), jax.process_count())
+        local = dict(self.task.train_data.take(local_idx, local_mask))
+        local["mask"] = np.asarray(local["mask"], bool) & local_mask
+        return global_batch(local, self.mesh, len(indices))
+
+    def logical_step(self, state: TrainState, step: int) -> tuple[TrainState, Any]:
+        """Runs logical step ``step``: all its micro-batches, then one apply."""
+        fns = self.phase_fns(self.plan.phase_index(step))
+        acc = None
+        for mb in self.sampler.sample(step):
+            out = fns.micro(state.train, state.frozen, self.load_batch(mb.indices, mb.mask))
+            acc = out if acc is None else self._add(acc, out)
+        return fns.apply(state, acc[0]), acc[1]
+
+    # ------------------------------------------------------------------ run
+    def run(self, hooks: Sequence[Hook] = (), progress: bool = True) -> dict[str, Any]:
+        """Trains (resuming from the workdir's checkpoint if any); returns the results."""
+        start_time = time.time()
+        s, plan = self.settings, self.plan
+        ckpt = Checkpointer(
+            os.path.join(self.workdir, "checkpoints"),
+            keep=s.keep_checkpoints,
+            fingerprint=fingerprint(self.config),
+        )
+        state, ledger, phase = self._resume_or_init(ckpt)
+        start = int(to_host(state.step))
+        stop = plan.last_step_within_budget(ledger)
+        stopped = None
+        if stop < plan.total_steps:
+            over = plan.epsilon(ledger, stop + 1 - ledger.steps)
+            stopped = (
+                f"privacy budget: stopping after step {stop} of {plan.total_steps}; step "
+                f"{stop + 1} would bring epsilon to {over:.4f} > max_epsilon="
+                f"{s.privacy.max_epsilon} (delta={plan.delta:g})"
+            )
+            log.warning(stopped)
+        evaluator = (
+            Evaluator(self.task.eval_fn, self.task.eval_data, self.eval_batch_size, self.mesh)
+            if self.task.eval_data
+            else None
+        )
+        writer = MetricWriter(self.workdir, enabled=self.is_main)
+        bar = tqdm.tqdm(
+            total=stop, initial=start, disable=not (progress and self.is_main), desc="train"
+        )
+        eval_metrics: dict[str, float] = {}
+        eps = plan.epsilon(ledger)
+        try:
+            for step in range(start, stop):
+                index = plan.phase_index(step)
+                if index != phase:
+                    log.info("step %d: phase %r starts", step, plan.phases[index].name)
+                    state = switch_phase(
+                        state,
+                        plan.phases[index].trainable,
+                        self.phase_fns(index).tx,
+                        shardings=self._opt_shardings,
+                    )
+                    state, phase = self._place_step(state, step), index
+                state, stats = self.logical_step(state, step)
+                plan.record(ledger)
+                done = step + 1
+                last = done == stop
+                if done % s.log_every == 0 or last:
+                    eps = plan.epsilon(ledger)
+                    row = {f"train/{k}": v for k, v in stats.summary().items()}
+                    row["train/epsilon"] = eps if eps is not None else float("nan")
+                    row["train/phase"] = phase
+                    writer.write(done, row)
+                    bar.set_postfix(
+                        loss=f"{row['train/loss']:.4f}", eps="-" if eps is None else f"{eps:.3f}"
+                    )
+                bar.update(1)
+                if evaluator is not None and s.eval_every and done % s.eval_every == 0 and not last:
+                    eval_metrics = self.evaluate(state, evaluator, done, writer)
+                if s.checkpoint_every and done % s.checkpoint_every == 0 and not last:
+                    self._save(ckpt, state, phase, ledger)
+                for hook in hooks:
+                    hook(done, state)
+            if stop > start or ckpt.latest_step() != stop:
+                self._save(ckpt, state, phase, ledger)
+            if evaluator is not None or self.task.generation_eval is not None:
+                eval_metrics = self.evaluate(state, evaluator, stop, writer)
+        finally:
+            bar.close()
+            writer.close()
+            ckpt.close()
+        results = self._results(ledger, stop, stopped, eval_metrics, time.time() - start_time)
+        if self.is_main:
+            path = os.path.join(self.workdir, "results.json")
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(results, f, indent=2, default=repr)
+        self.state = state
+        return results
+
+    def evaluate(
+        self, state: TrainState, evaluator: Evaluator | None, step: int, writer: MetricWriter
+    ) -> dict[str, float]:
+        """Eval metrics (and the generation hook's) at ``step``, logged under ``eval/``."""
+        params = state.params
+        metrics = dict(evaluator(params)) if evaluator is not None else {}
+        if self.task.generation_eval is not None:
+            metrics.update(self.task.generation_eval(params, step))
+        writer.write(step, {f"eval/{k}": v for k, v in metrics.items()})
+        return metrics
+
+    def _save(self, ckpt: Checkpointer, state: TrainState, phase: int, ledger: Any) -> None:
+        sampler = self.sampler.state_dict()
+        sampler["next_step"] = int(to_host(state.step))
+        ckpt.save(state, phase=phase, ledger=ledger.to_dict(), sampler=sampler)
+
+    def _resume_or_init(self, ckpt: Checkpointer) -> tuple[TrainState, PrivacyLedger, int]:
+        latest = ckpt.latest_step()
+        if latest is None:
+            return self.initial_state(0), PrivacyLedger(), 0
+        meta = ckpt.read_meta(latest)
+        phase = meta.get("phase")
+        if not isinstance(phase, int) or not 0 <= phase < len(self.plan.phases):
+            raise CheckpointError(f"checkpoint {ckpt.directory}/{latest}: bad phase {phase!r}")
+        template = self.initial_state(phase)
+        state, meta = ckpt.restore(template, latest)
+        ledger = PrivacyLedger.from_dict(meta["ledger"])
+        step = int(to_host(state.step))
+        if step != latest or (self.plan.private and ledger.steps != step):
+            raise CheckpointError(
+                f"checkpoint {ckpt.directory}/{latest} is inconsistent: state step {step}, "
+                f"ledger steps {ledger.steps}"
+            )
+        if meta["sampler"] != {**self.sampler.state_dict(), "next_step": step}:
+            raise CheckpointError(
+                f"checkpoint {ckpt.directory}/{latest} was sampled differently: "
+                f"{meta['sampler']} vs this run's {self.sampler.state_dict()}"
+            )
+        log.info("resumed from step %d (epsilon so far %s)", step, self.plan.epsilon(ledger))
+        return state, ledger, phase
+
+    def _results(
+        self, ledger: Any, steps: int, stopped: str | None, evals: dict, wall: float
+    ) -> dict[str, Any]:
+        plan = self.plan
+        return {
+            "method": self.settings.method,
+            "private": plan.private,
+            "epsilon": plan.epsilon(ledger),
+            "delta": plan.delta,
+            "noise_multiplier": plan.noise_multiplier,
+            "accountant": plan.accountant,
+            "sampling": plan.sampling,
+            "expected_batch_size": plan.expected_batch_size,
+            "steps": steps,
+            "planned_steps": plan.total_steps,
+            "stopped_early": stopped,
+            "phases": [
+                {"name": p.name, "start": p.start, "stop": p.stop, "engine": p.engine, "lr": p.lr}
+                for p in plan.phases
+            ],
+            "ledger": ledger.to_dict(),
+            "eval": evals,
+            "wall_time_s": wall,
+            "devices": {"mesh": dict(self.mesh.shape), "processes": jax.process_count()},
+            "config": self.config,
+        }
+
+
+def train(
+    config: Any,
+    workdir: str,
+    *,
+    task: Task | None = None,
+    hooks: Sequence[Hook] = (),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Trains the task of ``config`` in ``workdir`` and returns ``results.json``'s content.
+
+    Args:
+      config: an experiment config (``get_config()`` of ``experiments/configs/*.py``).
+      workdir: run directory; a checkpoint there is resumed.
+      task: a prebuilt :class:`Task` (default: built from ``config.task.builder``).
+      hooks: called as ``hook(step, state)`` after every logical step.
+      progress: show a tqdm bar (process 0).
+
+    Example:
+      >>> from experiments.configs import toy  # doctest: +SKIP
+      >>> train(toy.get_config("dp_bitfit"), "/tmp/run")["epsilon"]  # doctest: +SKIP
+    """
+    return Trainer(config, workdir, task=task).run(hooks=hooks, progress=progress)

@@ -1,0 +1,79 @@
+"""The optax chain of a phase: ``privatize`` at the head, then Adam(W) or SGD.
+
+The learning-rate schedule spans the phase's own steps (``linear``: linear decay to 0, as
+in the papers; ``constant``), with optional linear warmup. Non-private phases use the
+same chain with ``noise_multiplier=0``, so their update is the plain gradient sum divided
+by the same expected batch size.
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> tx = make_optimizer(OptimizerSettings(lr=1e-3), lr=1e-3, steps=10,
+    ...                     noise_multiplier=0.0, l2_clip=1.0, expected_batch_size=4,
+    ...                     key=jax.random.key(0))
+    >>> state = tx.init({"w": jnp.zeros(2)})
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+from dpjax import optim
+from dpjax.optim import PrivatizeState
+from dpjax.training.settings import OptimizerSettings
+
+__all__ = ["find_privatize_state", "make_optimizer", "make_schedule"]
+
+
+def make_schedule(settings: OptimizerSettings, lr: float, steps: int) -> optax.Schedule:
+    """The learning rate as a function of the phase's update count."""
+    warmup = min(settings.warmup_steps, max(steps - 1, 0))
+    rest = max(steps - warmup, 1)
+    if settings.schedule == "linear":
+        main = optax.linear_schedule(lr, 0.0, rest)
+    else:
+        main = optax.constant_schedule(lr)
+    if warmup == 0:
+        return main
+    ramp = optax.linear_schedule(0.0, lr, warmup)
+    return optax.join_schedules([ramp, main], [warmup])
+
+
+def make_optimizer(
+    settings: OptimizerSettings,
+    *,
+    lr: float,
+    steps: int,
+    noise_multiplier: float,
+    l2_clip: float,
+    expected_batch_size: float,
+    key: jax.Array,
+) -> optax.GradientTransformation:
+    """``chain(privatize(sigma, C, E[B], key), adamw | sgd)`` for one phase."""
+    schedule = make_schedule(settings, lr, steps)
+    if settings.name == "adam":
+        inner = optax.adamw(
+            schedule,
+            b1=settings.b1,
+            b2=settings.b2,
+            eps=settings.eps,
+            weight_decay=settings.weight_decay,
+        )
+    else:
+        inner = optax.sgd(schedule, momentum=settings.momentum)
+    head = optim.privatize(noise_multiplier, l2_clip, expected_batch_size, key)
+    return optax.chain(head, inner)
+
+
+def find_privatize_state(opt_state: Any) -> PrivatizeState:
+    """The :class:`PrivatizeState` (noise key, update count) inside an optimizer state."""
+    found = [
+        s
+        for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, PrivatizeState))
+        if isinstance(s, PrivatizeState)
+    ]
+    if len(found) != 1:
+        raise ValueError(f"expected one PrivatizeState in the optimizer state, found {len(found)}")
+    return found[0]

@@ -1,0 +1,256 @@
+"""Planning a run: its phases (trainable set, engine, lr, steps) and its privacy.
+
+One method name becomes a list of :class:`Phase` s. Every method has one phase except
+``two_phase``: DP full fine-tuning for ``two_phase.full_epochs`` epochs, then DP-BiTFiT
+for the rest, both at the same noise multiplier. The noise multiplier is the configured
+one or is calibrated to ``target_epsilon`` for *all* planned steps, so the ledger (which
+records every step of every phase) ends at or below the target.
+
+Example:
+    >>> from dpjax.data.sampling import PoissonSampler
+    >>> s = TrainSettings(method="dp_full", batch_size=10, physical_batch_size=5, steps=4,
+    ...                   privacy=PrivacySettings(noise_multiplier=1.0, delta=1e-3))
+    >>> plan = make_plan(s, PoissonSampler(100, expected_batch_size=10,
+    ...                  physical_batch_size=5, seed=0))
+    >>> plan.total_steps, plan.phases[0].engine, plan.noise_multiplier
+    (4, 'vmap', 1.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any
+
+from dpjax import accounting
+from dpjax.engines import ENGINES, get_engine
+from dpjax.partition import Predicate, all_leaves, bias_only
+from dpjax.training.settings import ConfigError, PrivacySettings, TrainSettings
+
+__all__ = ["Phase", "RunPlan", "bitfit_engine", "make_plan"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """A stretch of steps with one trainable set, engine and optimizer.
+
+    Attributes:
+      name: ``"full"`` or ``"bitfit"``.
+      start, stop: global logical steps ``[start, stop)``.
+      trainable: predicate on ``(path, leaf)``.
+      engine: per-example engine for DP phases; ``None`` for non-private ones.
+      lr: peak learning rate of this phase's schedule (which spans ``stop - start``).
+    """
+
+    name: str
+    start: int
+    stop: int
+    trainable: Predicate
+    engine: str | None
+    lr: float
+
+    @property
+    def private(self) -> bool:
+        return self.engine is not None
+
+    @property
+    def steps(self) -> int:
+        return self.stop - self.start
+
+
+def bitfit_engine() -> str:
+    """``"bitfit"`` when that engine is registered, else ``"vmap"`` (same result, slower)."""
+    try:
+        get_engine("bitfit")
+        return "bitfit"
+    except ValueError:
+        log.warning(
+            "engine 'bitfit' is not registered (available: %s); DP-BiTFiT falls back to the "
+            "'vmap' engine restricted to the bias-only trainable set (same gradients, slower)",
+            sorted(ENGINES),
+        )
+        return "vmap"
+
+
+def _bias_and(extra: Predicate | None) -> Predicate:
+    if extra is None:
+        return bias_only
+
+    def predicate(path: Any, leaf: Any) -> bool:
+        return bias_only(path, leaf) or bool(extra(path, leaf))
+
+    return predicate
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """Phases, privacy parameters and budget of a run.
+
+    Attributes:
+      phases: consecutive phases covering ``[0, total_steps)``.
+      noise_multiplier: sigma of every DP step (0.0 for non-private runs).
+      delta: the stated delta (``None`` for non-private runs).
+      sampling: ``sampler.accounting_kwargs()`` (rate, sampling rule, dataset size).
+      accountant: ``"pld"`` or ``"rdp"``.
+      max_epsilon: the budget the loop never exceeds (``None`` = no budget check).
+      l2_clip: sensitivity of each clipped sum.
+      expected_batch_size: public normaliser of the noisy sum.
+    """
+
+    phases: tuple[Phase, ...]
+    noise_multiplier: float
+    delta: float | None
+    sampling: dict[str, Any]
+    accountant: str
+    max_epsilon: float | None
+    l2_clip: float
+    expected_batch_size: float
+
+    @property
+    def total_steps(self) -> int:
+        return self.phases[-1].stop
+
+    @property
+    def private(self) -> bool:
+        return any(p.private for p in self.phases)
+
+    def phase_index(self, step: int) -> int:
+        """Index of the phase that runs logical step ``step``."""
+        for i, p in enumerate(self.phases):
+            if step < p.stop:
+                return i
+        return len(self.phases) - 1
+
+    def record(self, ledger: accounting.PrivacyLedger, steps: int = 1) -> None:
+        """Records ``steps`` DP steps in ``ledger`` (no-op for non-private runs)."""
+        if self.private:
+            ledger.record(steps, noise_multiplier=self.noise_multiplier, **self.sampling)
+
+    def epsilon(self, ledger: accounting.PrivacyLedger, extra_steps: int = 0) -> float | None:
+        """Epsilon of the ledger (plus ``extra_steps`` more), ``None`` when non-private."""
+        if not self.private:
+            return None
+        if ledger.steps + extra_steps == 0:
+            return 0.0
+        segments = list(ledger.segments)
+        if extra_steps:
+            segments.append(
+                accounting.Segment(self.noise_multiplier, steps=extra_steps, **self.sampling)
+            )
+        return accounting.PrivacyLedger(segments).epsilon(self.delta, accountant=self.accountant)
+
+    def last_step_within_budget(self, ledger: accounting.PrivacyLedger) -> int:
+        """Largest total step count ``<= total_steps`` whose epsilon stays within budget."""
+        done = ledger.steps
+        if not self.private or self.max_epsilon is None or done >= self.total_steps:
+            return self.total_steps
+        if self.epsilon(ledger, self.total_steps - done) <= self.max_epsilon:
+            return self.total_steps
+        lo, hi = 0, self.total_steps - done  # eps(lo extra) <= budget < eps(hi extra)
+        if done and self.epsilon(ledger) > self.max_epsilon:
+            return done
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.epsilon(ledger, mid) <= self.max_epsilon:
+                lo = mid
+            else:
+                hi = mid
+        return done + lo
+
+
+def _resolve_delta(privacy: PrivacySettings, n: int) -> float:
+    if isinstance(privacy.delta, str):
+        return accounting.delta_for(n, privacy.delta)
+    return float(privacy.delta)
+
+
+def _total_steps(settings: TrainSettings, steps_per_epoch: int) -> int:
+    if settings.steps is not None:
+        return settings.steps
+    return max(1, math.ceil(settings.epochs * steps_per_epoch - 1e-9))
+
+
+def make_plan(
+    settings: TrainSettings, sampler: Any, trainable_extra: Predicate | None = None
+) -> RunPlan:
+    """Plans phases and privacy for ``settings`` with the run's ``sampler``.
+
+    Raises:
+      ConfigError: the plan is empty or the target epsilon is unreachable.
+    """
+    total = _total_steps(settings, sampler.steps_per_epoch)
+    lr, method = settings.optimizer.lr, settings.method
+    bitfit_set = _bias_and(trainable_extra)
+    if method == "two_phase":
+        full = max(1, round(settings.two_phase.full_epochs * sampler.steps_per_epoch))
+        if full >= total:
+            raise ConfigError(
+                f"two_phase: {full} DP-full steps leave none of the {total} planned steps "
+                "for DP-BiTFiT; lower config.two_phase.full_epochs"
+            )
+        phases = (
+            Phase(
+                "full",
+                0,
+                full,
+                all_leaves,
+                settings.two_phase.full_engine,
+                settings.two_phase.full_lr,
+            ),
+            Phase("bitfit", full, total, bitfit_set, bitfit_engine(), lr),
+        )
+    elif method == "dp_full":
+        get_engine(settings.engine)
+        phases = (Phase("full", 0, total, all_leaves, settings.engine, lr),)
+    elif method == "dp_bitfit":
+        phases = (Phase("bitfit", 0, total, bitfit_set, bitfit_engine(), lr),)
+    elif method == "nonprivate_full":
+        phases = (Phase("full", 0, total, all_leaves, None, lr),)
+    else:
+        phases = (Phase("bitfit", 0, total, bitfit_set, None, lr),)
+    for p in phases:
+        if p.engine is not None:
+            try:
+                get_engine(p.engine)
+            except ValueError as e:
+                raise ConfigError(f"phase {p.name!r}: {e}") from e
+
+    privacy = settings.privacy
+    sampling = dict(sampler.accounting_kwargs())
+    if not settings.private:
+        return RunPlan(
+            phases, 0.0, None, sampling, privacy.accountant, None, 1.0, sampler.expected_batch_size
+        )
+    delta = _resolve_delta(privacy, sampler.num_examples)
+    sigma = privacy.noise_multiplier
+    if sigma is None:
+        try:
+            sigma = accounting.calibrate_noise_multiplier(
+                target_epsilon=privacy.target_epsilon,
+                steps=total,
+                delta=delta,
+                accountant=privacy.accountant,
+                **sampling,
+            )
+        except ValueError as e:
+            raise ConfigError(f"config.privacy.target_epsilon: {e}") from e
+        log.info(
+            "calibrated noise_multiplier=%.5f for epsilon=%s over %d steps (delta=%g)",
+            sigma,
+            privacy.target_epsilon,
+            total,
+            delta,
+        )
+    return RunPlan(
+        phases,
+        float(sigma),
+        delta,
+        sampling,
+        privacy.accountant,
+        privacy.max_epsilon,
+        privacy.l2_clip,
+        sampler.expected_batch_size,
+    )

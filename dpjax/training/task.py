@@ -1,0 +1,134 @@
+"""The ``Task``: everything model- and data-specific the trainer needs, in one object.
+
+An experiment config names a *task builder* (``"module.path:function"``); the builder is
+called with the config's ``task`` section and returns a :class:`Task`. The trainer never
+looks inside the model: it only calls ``loss_fn``, ``eval_fn`` and the datasets' ``take``.
+
+Example:
+    >>> import numpy as np, jax.numpy as jnp
+    >>> from dpjax.data.arrays import ArrayDataset
+    >>> data = ArrayDataset({"x": np.ones((8, 2), np.float32), "y": np.zeros(8, np.int32)})
+    >>> def loss_fn(params, batch):
+    ...     return (batch["x"] @ params["w"] - batch["y"]) ** 2
+    >>> def eval_fn(params, batch):
+    ...     return {"loss": loss_fn(params, batch)}
+    >>> task = Task(params={"w": jnp.zeros(2)}, loss_fn=loss_fn, train_data=data,
+    ...             eval_data={"test": data}, eval_fn=eval_fn)
+    >>> task.num_train
+    8
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+import numpy as np
+
+from dpjax.partition import Predicate
+
+__all__ = ["Dataset", "GenerationEval", "Task", "build_task", "resolve_builder"]
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """Random-access split: ``len(ds)`` and ``ds.take(indices, mask)`` -> fixed-shape batch.
+
+    ``take`` returns a dict of numpy arrays with leading axis ``len(indices)`` and a bool
+    ``"mask"`` entry (``False`` on padding rows). :class:`dpjax.data.arrays.ArrayDataset`
+    implements it.
+    """
+
+    def __len__(self) -> int: ...
+
+    def take(self, indices: np.ndarray, mask: np.ndarray | None = None) -> dict[str, Any]: ...
+
+
+#: ``hook(params, step) -> {metric: float}``; runs on every host at evaluation time
+#: (e.g. decode E2E references and score BLEU). Metrics come from process 0.
+GenerationEval = Callable[[Any, int], Mapping[str, float]]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Task:
+    """A model + data bundle consumed by :func:`dpjax.training.train`.
+
+    Attributes:
+      params: the initial parameter tree (all of it, trainable or not).
+      loss_fn: ``loss_fn(params, batch) -> [B]`` per-example losses.
+      train_data: the training split (:class:`Dataset`); it defines ``n`` for sampling
+        rates and for ``delta`` rules.
+      eval_data: ``{name: Dataset}`` evaluated on the schedule (may be empty).
+      eval_fn: ``eval_fn(params, batch) -> {metric: [B] array}`` per-example metrics
+        (e.g. ``correct``, ``loss``); the trainer averages them over real (mask) rows.
+      generation_eval: optional :data:`GenerationEval` hook.
+      trainable_extra: predicate of leaves trained *in addition to biases* by the bias-only
+        methods (e.g. a fresh classifier head); ``None`` for none.
+      name: a short name for logs.
+    """
+
+    params: Any
+    loss_fn: Callable[[Any, Any], jax.Array]
+    train_data: Dataset
+    eval_data: Mapping[str, Dataset] = dataclasses.field(default_factory=dict)
+    eval_fn: Callable[[Any, Any], Mapping[str, jax.Array]] | None = None
+    generation_eval: GenerationEval | None = None
+    trainable_extra: Predicate | None = None
+    name: str = "task"
+
+    def __post_init__(self) -> None:
+        if not jax.tree.leaves(self.params):
+            raise ValueError("Task.params has no leaves")
+        if not callable(self.loss_fn):
+            raise TypeError(f"Task.loss_fn must be callable, got {self.loss_fn!r}")
+        for label, ds in [("train_data", self.train_data), *self.eval_data.items()]:
+            if not isinstance(ds, Dataset):
+                raise TypeError(
+                    f"Task dataset {label!r} must have __len__ and take(indices, mask), "
+                    f"got {type(ds).__name__}"
+                )
+            if len(ds) < 1:
+                raise ValueError(f"Task dataset {label!r} is empty")
+        if self.eval_data and self.eval_fn is None:
+            raise ValueError(f"Task has eval_data {sorted(self.eval_data)} but no eval_fn")
+        for label, fn in (
+            ("eval_fn", self.eval_fn),
+            ("generation_eval", self.generation_eval),
+            ("trainable_extra", self.trainable_extra),
+        ):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"Task.{label} must be callable or None, got {fn!r}")
+
+    @property
+    def num_train(self) -> int:
+        """Number of training examples ``n``."""
+        return len(self.train_data)
+
+
+def resolve_builder(spec: str) -> Callable[[Any], Task]:
+    """Imports ``"package.module:function"`` and returns the function."""
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        raise ValueError(f"task.builder must look like 'package.module:function', got {spec!r}")
+    module_name, attr = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"task.builder {spec!r}: cannot import {module_name!r} ({e})") from e
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"task.builder {spec!r}: {module_name} has no callable {attr!r}")
+    return fn
+
+
+def build_task(task_config: Any) -> Task:
+    """Calls the builder named by ``task_config.builder`` with ``task_config``."""
+    builder = resolve_builder(task_config.builder)
+    task = builder(task_config)
+    if not isinstance(task, Task):
+        raise TypeError(
+            f"task.builder {task_config.builder!r} returned {type(task).__name__}, not Task"
+        )
+    return task

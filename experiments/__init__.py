@@ -1,0 +1,1 @@
+"""Experiment launcher (``python -m experiments.train``) and configs (``experiments/configs``)."""

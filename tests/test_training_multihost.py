@@ -1,0 +1,104 @@
+"""Two processes on localhost (``jax.distributed``, 4 CPU devices each) == one process of 8."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from dpjax.training import Checkpointer, Trainer, fingerprint
+from experiments.configs import toy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARGS = [
+    "--config=experiments/configs/toy.py:dp_full",
+    "--config.steps=3",
+    "--config.physical_batch_size=32",
+    "--config.privacy.target_epsilon=4.0",
+    "--config.privacy.accountant=rdp",
+    "--config.eval_every=2",
+    "--noprogress",
+]
+
+
+def _env(devices):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(workdir, devices, extra=()):
+    cmd = [sys.executable, "-m", "experiments.train", f"--workdir={workdir}", *ARGS, *extra]
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=_env(devices),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait(procs, timeout=300):
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=timeout))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-4000:]
+
+
+def _final_params(workdir, results):
+    cfg = toy.get_config("dp_full")
+    trainer = Trainer(cfg, "/unused", task=toy.build_task(cfg.task), devices=jax.devices()[:1])
+    ckpt = Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=2, fingerprint=fingerprint(results["config"])
+    )
+    state, meta = ckpt.restore(trainer.initial_state(0))
+    assert meta["step"] == 3
+    return jax.device_get(state.params)
+
+
+@pytest.mark.slow
+def test_two_process_run_equals_one_process_run(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    port = _free_port()
+    multi = [
+        "--num_processes=2",
+        f"--coordinator_address=127.0.0.1:{port}",
+    ]
+    procs = [_start(two, 4, [*multi, f"--process_id={i}"]) for i in range(2)]
+    _wait(procs)
+    _wait([_start(one, 8)])
+    r1 = json.loads((one / "results.json").read_text())
+    r2 = json.loads((two / "results.json").read_text())
+    assert r2["devices"] == {"mesh": {"data": 8, "model": 1}, "processes": 2}
+    assert r1["devices"]["processes"] == 1
+    assert r1["steps"] == r2["steps"] == 3
+    assert r1["epsilon"] == r2["epsilon"] and r1["noise_multiplier"] == r2["noise_multiplier"]
+    for k, v in r1["eval"].items():
+        assert r2["eval"][k] == pytest.approx(v, rel=1e-5, abs=1e-6)
+    p1, p2 = _final_params(str(one), r1), _final_params(str(two), r2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), p1, p2)
+    moved = jax.tree.map(
+        lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+        p1,
+        jax.device_get(toy.build_task(toy.get_config().task).params),
+    )
+    assert max(jax.tree.leaves(moved)) > 1e-4
