@@ -1,0 +1,98 @@
+"""Task builder: image classification with ViT or ResNet (GroupNorm).
+
+``task.builder = "dpjax.tasks.image_classification:build"``. Data: ``cifar10``,
+``cifar100``, ``celeb_a`` (TFDS; ``attribute="Smiling"`` etc. for one binary label, or
+``None`` for all 40 attributes as a multi-label problem) or the offline
+``fashion_mnist`` / ``mnist_5k`` (grey images repeated to RGB). Train on ``train``,
+evaluate on ``test``.
+
+The model comes from ``checkpoint_dir`` (a Hugging Face ViT / ResNet folder, e.g. ViT-base
+at 224 pixels) or the random named ``model``; its ``classifier`` is new and trained
+alongside the biases by BiTFiT. ``model_overrides={"conv_bias": True}`` gives ResNet's
+bias-free convolutions zero-initialised biases ("DP-BiTFiT-Add", paper 1's CelebA rows).
+
+Config keys (``task.*``): ``dataset``, ``attribute``, ``checkpoint_dir`` or ``model``
+(+ ``model_overrides``, ``init_seed``, ``dtype``), ``resolution``, ``normalize``,
+``data_dir``, ``cache_dir``, ``split_seed``, ``mock_examples``, ``train_limit``,
+``eval_limit``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+import dpjax
+from dpjax.data import images, offline
+from dpjax.data.losses import classification_loss, multilabel_loss
+from dpjax.tasks.loading import cfg_get, limit, load_model, maybe_mock_tfds
+from dpjax.training.task import Task
+
+__all__ = ["TFDS_SETS", "build", "load_splits"]
+
+TFDS_SETS = ("cifar10", "cifar100", "celeb_a")
+
+
+def load_splits(cfg: Any) -> tuple[Any, Any]:
+    """``(train, test)`` datasets of ``cfg.dataset``, preprocessed per batch."""
+    dataset = cfg_get(cfg, "dataset")
+    image_config = images.ImageConfig(
+        resolution=cfg_get(cfg, "resolution", 224),
+        normalize=cfg_get(cfg, "normalize", "minus_one_one"),
+        channels=3,
+        cache_dir=cfg_get(cfg, "cache_dir"),
+    )
+    if dataset in TFDS_SETS:
+        kwargs: dict[str, Any] = {"data_dir": cfg_get(cfg, "data_dir")}
+        if dataset == "celeb_a":
+            kwargs["attribute"] = cfg.get("attribute", "Smiling")
+        with maybe_mock_tfds(cfg_get(cfg, "mock_examples", 0)):
+            train = images.load(dataset, "train", image_config, **kwargs)
+            test = images.load(dataset, "test", image_config, **kwargs)
+    elif dataset in offline.IMAGE_SETS:
+        seed = int(cfg_get(cfg, "split_seed", 0))
+        train = offline.load_images(dataset, "train", image_config, seed=seed)
+        test = offline.load_images(dataset, "test", image_config, seed=seed)
+    else:
+        raise ValueError(
+            f"task.dataset must be one of {TFDS_SETS + offline.IMAGE_SETS}, got {dataset!r}"
+        )
+    return limit(train, cfg_get(cfg, "train_limit")), limit(test, cfg_get(cfg, "eval_limit"))
+
+
+def build(cfg: Any) -> Task:
+    """The image-classification :class:`~dpjax.training.task.Task` of ``cfg``."""
+    train, test = load_splits(cfg)
+    multi_label = bool(train.metadata.get("multi_label", False))
+    classes = int(train.num_classes)
+    example = train.take(np.zeros(1, np.int64))["image"]
+    model, params = load_model(cfg, "classification", classes, example=example)
+
+    def logits(params: Any, batch: Any) -> Any:
+        return model.apply({"params": params}, batch["image"])
+
+    def loss(out: Any, labels: Any) -> Any:
+        return multilabel_loss(out, labels) if multi_label else classification_loss(out, labels)
+
+    def loss_fn(params: Any, batch: Any) -> Any:
+        return loss(logits(params, batch), batch["label"])
+
+    def eval_fn(params: Any, batch: Any) -> dict[str, Any]:
+        out = logits(params, batch)
+        if multi_label:  # mean over attributes of the per-attribute accuracy
+            correct = jnp.mean(((out > 0) == (batch["label"] > 0)).astype(jnp.float32), -1)
+        else:
+            correct = (jnp.argmax(out, -1) == batch["label"]).astype(jnp.float32)
+        return {"accuracy": correct, "loss": loss(out, batch["label"])}
+
+    return Task(
+        params=params,
+        loss_fn=loss_fn,
+        train_data=train,
+        eval_data={"test": test},
+        eval_fn=eval_fn,
+        trainable_extra=dpjax.named("classifier"),
+        name=f"{cfg_get(cfg, 'dataset')}-{type(model).__name__}",
+    )

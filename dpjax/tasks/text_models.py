@@ -1,0 +1,80 @@
+"""Forward functions of the text-classification task (prompt and head formats).
+
+* :func:`mask_label_logits`: Li et al.'s text infilling. The masked-LM head runs on the
+  hidden state at the ``<mask>`` only (``[B, 1, d]`` instead of ``[B, T, d]``), so the
+  vocabulary logits are ``[B, V]``, not ``[B, T, V]``; the label-word columns are the class
+  logits. Every parameter is used by the same linen layers as in ``BertModel.__call__``,
+  so the DP-BiTFiT taps see the same biases.
+* :class:`MeanPoolClassifier`: a fresh ``classifier`` Dense on the masked mean of an
+  encoder's hidden states (how sentence encoders such as MiniLM were trained).
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from dpjax.models import BertModel, get_config
+    >>> model = MeanPoolClassifier(BertModel(get_config("bert-tiny")), num_labels=3)
+    >>> ids = jnp.ones((2, 5), jnp.int32)
+    >>> params = model.init(jax.random.key(0), ids, jnp.ones((2, 5)))["params"]
+    >>> model.apply({"params": params}, ids, jnp.ones((2, 5))).shape
+    (2, 3)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dpjax.data.losses import mask_hidden
+
+__all__ = ["MeanPoolClassifier", "mask_label_logits"]
+
+
+def mask_label_logits(
+    module: Any,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    mask_position: jax.Array,
+    label_word_ids: jax.Array,
+) -> jax.Array:
+    """Label-word logits ``[B, C]`` at each row's mask; use as ``apply(..., method=...)``.
+
+    ``module`` is a ``BertModel`` with ``head="mlm"``.
+    """
+    input_ids = jnp.asarray(input_ids)
+    mask = jnp.asarray(attention_mask).astype(bool)[:, None, None, :]
+    x = module.embeddings(input_ids, jnp.zeros_like(input_ids), True)
+    h = module.encoder(x, mask, True)
+    at_mask = mask_hidden(h, mask_position)[:, None, :]
+    logits = module.mlm_head(at_mask, module.embeddings.attend)[:, 0]
+    return logits[:, jnp.asarray(label_word_ids)]
+
+
+class MeanPoolClassifier(nn.Module):
+    """``classifier(mean_t h[:, t])`` over real tokens, for a headless encoder.
+
+    Attributes:
+      encoder: a module returning hidden states ``[B, T, d]`` (``BertModel(head=None)``);
+        its parameters live under ``encoder``.
+      num_labels: classes.
+      normalize: scale the pooled vector to unit length before the classifier (the
+        geometry sentence encoders are trained for; keeps the new head's logits bounded).
+    """
+
+    encoder: nn.Module
+    num_labels: int = 2
+    normalize: bool = False
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        h = self.encoder(input_ids, attention_mask)
+        weights = jnp.asarray(attention_mask).astype(jnp.float32)[..., None]
+        pooled = jnp.sum(h.astype(jnp.float32) * weights, axis=1)
+        pooled = pooled / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+        if self.normalize:  # unit length, as sentence-transformers' Normalize module
+            pooled = pooled * jax.lax.rsqrt(jnp.sum(pooled**2, -1, keepdims=True) + 1e-12)
+        dense = nn.Dense(
+            self.num_labels, kernel_init=nn.initializers.normal(0.02), name="classifier"
+        )
+        return dense(pooled.astype(h.dtype))

