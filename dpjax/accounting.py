@@ -22,171 +22,50 @@ discretisation, grid ``value_discretization_interval``, default 1e-4);
 ``accountant="rdp"`` is ``dp_accounting.rdp.RdpAccountant`` with :data:`RDP_ORDERS`.
 A noise multiplier of 0 is allowed and gives ``epsilon = inf``.
 
+:class:`Segment`, :class:`PrivacyLedger` and the composition itself live in
+:mod:`dpjax.ledger` (re-exported here). Composition is cached -- one-step PLDs and RDP
+vectors, self-composed segments, final epsilons -- with answers identical to
+``dp_accounting``'s accountants; :func:`clear_caches` and :func:`cache_info` manage it.
+
 delta has no default anywhere: pick it explicitly, e.g. with :func:`delta_for`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import numbers
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable
 
-import dp_accounting
-from dp_accounting import pld, rdp
+from dpjax.ledger import (
+    ACCOUNTANTS,
+    DEFAULT_PLD_GRID,
+    RDP_ORDERS,
+    SAMPLINGS,
+    PrivacyLedger,
+    Segment,
+    cache_info,
+    check_choice,
+    check_int,
+    check_real,
+    clear_caches,
+    compose_epsilon,
+)
 
 __all__ = [
     "ACCOUNTANTS",
+    "DEFAULT_PLD_GRID",
     "RDP_ORDERS",
     "SAMPLINGS",
     "PrivacyLedger",
     "Segment",
+    "cache_info",
     "calibrate_noise_multiplier",
+    "clear_caches",
     "delta_for",
     "epsilon",
 ]
 
-ACCOUNTANTS = ("pld", "rdp")
-SAMPLINGS = ("poisson", "shuffle")
-DEFAULT_PLD_GRID = 1e-4
-#: Renyi orders of the RDP accountant: fine steps near 1, integers to 64, a sparse tail.
-RDP_ORDERS: tuple[float, ...] = (
-    tuple(1 + k / 10 for k in range(1, 100))
-    + tuple(float(k) for k in range(11, 65))
-    + (80.0, 96.0, 128.0, 192.0, 256.0, 512.0, 1024.0)
-)
 _SIGMA_MAX = 1e4  # calibration gives up above this noise multiplier
 _SIGMA_MIN = 0.05  # ... and below this one (PLD support explodes as sigma -> 0)
-
-
-# ----------------------------------------------------------------------------- checks
-def _check_real(name: str, value: Any, interval: str | None = None) -> float:
-    """A real number; ``interval`` is ``"(0, 1)"``, ``"(0, 1]"`` or ``"[0, inf)"``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    ok = {
-        None: True,
-        "(0, 1)": 0 < value < 1,
-        "(0, 1]": 0 < value <= 1,
-        "[0, inf)": 0 <= value < math.inf,
-    }[interval]
-    if not ok:
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
-    return float(value)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
-
-
-def _sample_size(sampling_rate: float, dataset_size: int) -> int:
-    """``round(q * n)`` for shuffle sampling; refuses a q that is not m / n for integer m."""
-    exact = sampling_rate * dataset_size
-    m = round(exact)
-    if abs(exact - m) > 1e-6 * max(1.0, exact):
-        raise ValueError(
-            f"sampling='shuffle' needs sampling_rate = batch_size / dataset_size, but "
-            f"sampling_rate={sampling_rate!r} * dataset_size={dataset_size!r} = {exact!r} is "
-            "not an integer batch size (was q computed from a different split?)"
-        )
-    if m < 1:
-        raise ValueError(
-            f"sampling_rate={sampling_rate!r} * dataset_size={dataset_size!r} rounds to an "
-            "empty batch"
-        )
-    return m
-
-
-# ----------------------------------------------------------------------------- segments
-@dataclasses.dataclass(frozen=True)
-class Segment:
-    """``steps`` identical DP steps: one sampling rule, one noise multiplier.
-
-    Attributes:
-      noise_multiplier: sigma (noise std / clip norm); 0 means no privacy.
-      sampling_rate: q in (0, 1].
-      steps: number of steps, >= 1.
-      sampling: ``"poisson"`` or ``"shuffle"`` (see the module docstring).
-      dataset_size: n; required for ``"shuffle"``, optional (unused) for ``"poisson"``.
-    """
-
-    noise_multiplier: float
-    sampling_rate: float
-    steps: int
-    sampling: str = "poisson"
-    dataset_size: int | None = None
-
-    def __post_init__(self) -> None:
-        sigma = _check_real("noise_multiplier", self.noise_multiplier, "[0, inf)")
-        q = _check_real("sampling_rate", self.sampling_rate, "(0, 1]")
-        steps = _check_int("steps", self.steps, 1)
-        _check_choice("sampling", self.sampling, SAMPLINGS)
-        n = self.dataset_size
-        if n is not None:
-            n = _check_int("dataset_size", n, 1)
-        elif self.sampling == "shuffle":
-            raise ValueError(
-                "sampling='shuffle' needs dataset_size (the number of training examples), "
-                "got dataset_size=None"
-            )
-        if self.sampling == "shuffle":
-            _sample_size(q, n)
-        object.__setattr__(self, "noise_multiplier", sigma)
-        object.__setattr__(self, "sampling_rate", q)
-        object.__setattr__(self, "steps", steps)
-        object.__setattr__(self, "dataset_size", n)
-
-    def event(self) -> dp_accounting.DpEvent:
-        """The ``dp_accounting`` event of this segment (all its steps)."""
-        gaussian = dp_accounting.GaussianDpEvent(self.noise_multiplier)
-        if self.sampling == "poisson":
-            one = dp_accounting.PoissonSampledDpEvent(self.sampling_rate, gaussian)
-        else:
-            m = _sample_size(self.sampling_rate, self.dataset_size)
-            one = dp_accounting.SampledWithoutReplacementDpEvent(self.dataset_size, m, gaussian)
-        return dp_accounting.SelfComposedDpEvent(one, self.steps)
-
-
-def _epsilon_of(segments: Iterable[Segment], delta: float, accountant: str, grid: float) -> float:
-    """Composes the segments in one accountant and returns epsilon at ``delta``."""
-    segments = tuple(segments)
-    delta = _check_real("delta", delta, "(0, 1)")
-    _check_choice("accountant", accountant, ACCOUNTANTS)
-    grid = _check_real("value_discretization_interval", grid, "(0, 1]")
-    samplings = {s.sampling for s in segments}
-    if "shuffle" in samplings:
-        if accountant == "pld":
-            raise ValueError(
-                "sampling='shuffle' (fixed-size batches without replacement) is not supported "
-                "by dp_accounting's PLD accountant; use accountant='rdp' (it is never "
-                "silently accounted as Poisson)"
-            )
-        if len(samplings) > 1:
-            raise ValueError(
-                "cannot compose 'poisson' (add-or-remove neighbours) with 'shuffle' "
-                "(replace-one neighbours) segments in one accountant"
-            )
-    if any(s.noise_multiplier == 0.0 for s in segments):
-        return math.inf
-    if accountant == "pld":
-        acc = pld.PLDAccountant(value_discretization_interval=grid)
-    else:
-        relation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
-        if samplings == {"shuffle"}:
-            relation = dp_accounting.NeighboringRelation.REPLACE_ONE
-        acc = rdp.RdpAccountant(orders=RDP_ORDERS, neighboring_relation=relation)
-    for s in segments:
-        acc.compose(s.event())
-    return float(acc.get_epsilon(delta))
 
 
 # ----------------------------------------------------------------------------- front doors
@@ -225,7 +104,7 @@ def epsilon(
       3.88
     """
     seg = Segment(noise_multiplier, sampling_rate, steps, sampling, dataset_size)
-    return _epsilon_of([seg], delta, accountant, value_discretization_interval)
+    return compose_epsilon([seg], delta, accountant, value_discretization_interval)
 
 
 def delta_for(n: int, rule: str = "1/(2n)") -> float:
@@ -238,7 +117,7 @@ def delta_for(n: int, rule: str = "1/(2n)") -> float:
       >>> delta_for(50000)
       1e-05
     """
-    n = _check_int("n", n, 2)
+    n = check_int("n", n, 2)
     if rule == "1/(2n)":
         return 1.0 / (2 * n)
     if rule == "n^-1.1":
@@ -246,7 +125,15 @@ def delta_for(n: int, rule: str = "1/(2n)") -> float:
     raise ValueError(f"rule must be one of ('1/(2n)', 'n^-1.1'), got {rule!r}")
 
 
-def _root(eps_fn, target: float, lo: float, e_lo: float, hi: float, e_hi: float, tol: float):
+def _root(
+    eps_fn: Callable[[float], float],
+    target: float,
+    lo: float,
+    e_lo: float,
+    hi: float,
+    e_hi: float,
+    tol: float,
+) -> float:
     """Smallest sigma in (lo, hi] with eps <= target, given eps(lo) > target >= eps(hi).
 
     Illinois regula falsi on ``log eps - log target`` against ``log sigma`` (nearly linear,
@@ -291,7 +178,10 @@ def calibrate_noise_multiplier(
     never finer than the final grid; pessimistic, so it only overestimates epsilon), then
     the result is checked -- and if needed re-searched -- at
     ``value_discretization_interval``, so ``epsilon(sigma) <= target_epsilon`` holds at
-    the accountant settings you will report with.
+    the accountant settings you will report with. Every evaluation goes through the
+    accounting caches (:mod:`dpjax.ledger`), so the final check also leaves the one-step
+    PLD of the answer cached: a ledger or a budget check at the calibrated sigma then
+    skips its most expensive part, and repeating a calibration is nearly free.
 
     Args:
       target_epsilon: the epsilon to reach, > 0.
@@ -315,20 +205,20 @@ def calibrate_noise_multiplier(
       ...                    steps=150, delta=1e-5) <= 3.0
       True
     """
-    target = _check_real("target_epsilon", target_epsilon, "[0, inf)")
+    target = check_real("target_epsilon", target_epsilon, "[0, inf)")
     if target == 0:
         raise ValueError(f"target_epsilon must be > 0, got {target_epsilon!r}")
-    tol = _check_real("tolerance", tolerance, "(0, 1)")
-    final_grid = _check_real(
+    tol = check_real("tolerance", tolerance, "(0, 1)")
+    final_grid = check_real(
         "value_discretization_interval", value_discretization_interval, "(0, 1]"
     )
-    _check_choice("accountant", accountant, ACCOUNTANTS)
+    check_choice("accountant", accountant, ACCOUNTANTS)
     Segment(1.0, sampling_rate, steps, sampling, dataset_size)  # validates the rest
 
-    def eps_at(grid: float):
+    def eps_at(grid: float) -> Callable[[float], float]:
         def fn(sigma: float) -> float:
             seg = Segment(sigma, sampling_rate, steps, sampling, dataset_size)
-            return _epsilon_of([seg], delta, accountant, grid)
+            return compose_epsilon([seg], delta, accountant, grid)
 
         return fn
 
@@ -366,104 +256,3 @@ def calibrate_noise_multiplier(
             raise ValueError(f"target_epsilon={target!r} is unreachable at this PLD grid")
         lo, e_lo, hi = hi, e_hi, hi * 2
     return _root(final, target, lo, e_lo, hi, e_hi, tol)
-
-
-# ----------------------------------------------------------------------------- ledger
-class PrivacyLedger:
-    """Record of the DP steps taken, for epsilon at any time and for checkpoints.
-
-    Consecutive records with identical parameters merge into one :class:`Segment`, so
-    recording one step at a time stays small. Different segments (e.g. two-phase
-    training) compose in one accountant.
-
-    Example:
-      >>> ledger = PrivacyLedger()
-      >>> for _ in range(100):
-      ...     ledger.record(noise_multiplier=0.7, sampling_rate=0.02)
-      >>> ledger.steps, len(ledger.segments)
-      (100, 1)
-      >>> ledger.epsilon(delta=1e-5) > 0
-      True
-    """
-
-    _VERSION = 1
-
-    def __init__(self, segments: Iterable[Segment] = ()) -> None:
-        self._segments: list[Segment] = []
-        for seg in segments:
-            if not isinstance(seg, Segment):
-                raise ValueError(f"segments must be Segment instances, got {seg!r}")
-            self._append(seg)
-
-    def _append(self, seg: Segment) -> None:
-        last = self._segments[-1] if self._segments else None
-        if last is not None and dataclasses.replace(last, steps=seg.steps) == seg:
-            self._segments[-1] = dataclasses.replace(last, steps=last.steps + seg.steps)
-        else:
-            self._segments.append(seg)
-
-    def record(
-        self,
-        steps: int = 1,
-        *,
-        noise_multiplier: float,
-        sampling_rate: float,
-        sampling: str = "poisson",
-        dataset_size: int | None = None,
-    ) -> None:
-        """Records ``steps`` DP steps (validated like :func:`epsilon`)."""
-        self._append(Segment(noise_multiplier, sampling_rate, steps, sampling, dataset_size))
-
-    @property
-    def segments(self) -> tuple[Segment, ...]:
-        """The merged segments, in order."""
-        return tuple(self._segments)
-
-    @property
-    def steps(self) -> int:
-        """Total number of recorded steps."""
-        return sum(s.steps for s in self._segments)
-
-    def epsilon(
-        self,
-        delta: float,
-        *,
-        accountant: str = "pld",
-        value_discretization_interval: float = DEFAULT_PLD_GRID,
-    ) -> float:
-        """Epsilon at ``delta`` of all recorded steps composed (0.0 when empty)."""
-        return _epsilon_of(self._segments, delta, accountant, value_discretization_interval)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state; :meth:`from_dict` restores it exactly."""
-        return {
-            "version": self._VERSION,
-            "segments": [dataclasses.asdict(s) for s in self._segments],
-        }
-
-    @classmethod
-    def from_dict(cls, state: Any) -> PrivacyLedger:
-        """Inverse of :meth:`to_dict`; raises ValueError on a malformed dict."""
-        if not isinstance(state, dict) or set(state) != {"version", "segments"}:
-            raise ValueError(
-                f"ledger state must be a dict with keys 'version' and 'segments', got {state!r}"
-            )
-        if state["version"] != cls._VERSION:
-            raise ValueError(f"unsupported ledger state version {state['version']!r}")
-        if not isinstance(state["segments"], list):
-            raise ValueError(f"ledger 'segments' must be a list, got {state['segments']!r}")
-        fields = {f.name for f in dataclasses.fields(Segment)}
-        segments = []
-        for i, raw in enumerate(state["segments"]):
-            if not isinstance(raw, dict) or set(raw) != fields:
-                raise ValueError(
-                    f"ledger segment {i} must be a dict with keys {sorted(fields)}, got {raw!r}"
-                )
-            segments.append(Segment(**raw))
-        return cls(segments)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PrivacyLedger) and self._segments == other._segments
-
-    def __repr__(self) -> str:
-        return f"PrivacyLedger(steps={self.steps}, segments={self._segments!r})"
