@@ -29,7 +29,14 @@ GENERATION_REQUIRES = [
 
 PLOT_REQUIRES = ["matplotlib==3.11.2"]
 
-TEST_REQUIRES = GENERATION_REQUIRES + PLOT_REQUIRES + [
+NOTEBOOK_REQUIRES = [
+    "nbclient==0.11.0",
+    "nbformat==5.11.1",
+    "ipykernel==7.4.0",
+    "jupytext==1.19.6",
+]
+
+TEST_REQUIRES = GENERATION_REQUIRES + PLOT_REQUIRES + NOTEBOOK_REQUIRES + [
     "pytest==9.0.3",
     "pytest-xdist==3.8.0",
     "ruff==0.17.6",
@@ -44,6 +51,7 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "generation": GENERATION_REQUIRES,
+        "notebooks": NOTEBOOK_REQUIRES + PLOT_REQUIRES,
         "plot": PLOT_REQUIRES,
         "test": TEST_REQUIRES,
     },

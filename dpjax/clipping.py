@@ -110,7 +110,7 @@ class ClippedGrad:
     microbatch_size: int | None = None
     group_fn: Callable[[Path], str] | None = None
     spmd_axis_name: str | None = None
-    isolate_nonfinite: bool = True
+    isolate_nonfinite: bool | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.loss_fn):
@@ -154,7 +154,10 @@ class ClippedGrad:
 
         def run(micro: Any) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
             out = run_engine(micro)
-            if not self.isolate_nonfinite:
+            isolate = self.isolate_nonfinite
+            if isolate is None:  # auto: the engine whose batched kernels can mix rows
+                isolate = self.method == "vmap"
+            if not isolate:
                 return out
             return _isolate_nonfinite(run_engine, micro, out)
 
@@ -188,8 +191,10 @@ def _isolate_nonfinite(
     Some batched XLA kernels mix examples through ``nan * 0`` (the per-example kernel
     gradient of a convolution under ``vmap`` is one grouped convolution), so one bad row
     can poison every row's gradient. When a row in the mask has a non-finite norm, the
-    micro-batch is recomputed with those rows replaced by a copy of a finite row and
-    masked out; ``lax.cond`` runs the second pass only for such micro-batches.
+    micro-batch is recomputed with those rows zeroed (as padding rows are) and masked
+    out; ``lax.cond`` runs the second pass only for such micro-batches.
+    XLA's ``cost_analysis`` counts both branches, so flop figures of a step compiled with
+    isolation include the (never executed on clean data) second pass.
     """
     grads, sq_norms, loss, keep = out
     mask = micro["mask"]
@@ -200,11 +205,11 @@ def _isolate_nonfinite(
     bad = jnp.where(jnp.any(bad_loss), bad_loss, bad_norm)
 
     def redo(_: None) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
-        src = jnp.argmax(~bad)  # first row that is not bad (all rows bad: nothing kept)
-
+        # Zero rows, like the padding rows samplers produce: no cross-device gather.
         def replace(x: jax.Array) -> jax.Array:
-            rows = bad.reshape((-1,) + (1,) * (jnp.ndim(x) - 1))
-            return jnp.where(rows, x[src], x)
+            x = jnp.asarray(x)
+            rows = bad.reshape((-1,) + (1,) * (x.ndim - 1))
+            return jnp.where(rows, jnp.zeros((), x.dtype), x)
 
         clean = jax.tree.map(replace, dict(micro))
         clean["mask"] = mask & ~bad
@@ -245,7 +250,7 @@ def clipped_grad(
     microbatch_size: int | None = None,
     group_fn: Callable[[Path], str] | None = None,
     spmd_axis_name: str | None = None,
-    isolate_nonfinite: bool = True,
+    isolate_nonfinite: bool | None = None,
 ) -> ClippedGrad:
     """Builds ``grad_fn(params, batch) -> (grads, info)`` with ``grads = sum_i c_i g_i``.
 
@@ -265,8 +270,11 @@ def clipped_grad(
       group_fn: maps a leaf path to its clip group name (with a mapping ``l2_clip``).
       spmd_axis_name: mesh axis the batch is sharded on, forwarded to ``jax.vmap``.
       isolate_nonfinite: when a micro-batch has a row with a non-finite gradient, recompute
-        it without that row (guards against kernels that mix rows via ``nan * 0``; costs a
-        second pass only for such micro-batches, and a second trace at compile time).
+        it without that row (guards against batched kernels that mix rows via ``nan * 0``,
+        e.g. a convolution's per-example kernel gradient under ``vmap``). It costs a second
+        pass only for such micro-batches, but a second trace at compile time, and XLA's
+        flop count includes it. ``None`` (default): on for ``method="vmap"``, off for
+        ``bitfit``/``ghost``, which zero bad rows before any contraction over examples.
 
     Returns:
       A :class:`ClippedGrad`; calling it returns ``(grads, ClipInfo)``. Rows whose

@@ -1,5 +1,32 @@
 """Data: samplers, tokenizers, dataset loaders and prompt templates.
 
-Submodules are imported on demand (``dpjax.data.sampling``, ``dpjax.data.tokenizers``,
-...) so that importing dpjax never pulls in TensorFlow Datasets.
+Submodules load on first attribute access (``dpjax.data.sampling``,
+``dpjax.data.tokenizers``, ``dpjax.data.glue``, ...) so that importing dpjax never pulls
+in TensorFlow Datasets.
 """
+
+import importlib
+from typing import Any
+
+_SUBMODULES = (
+    "arrays",
+    "glue",
+    "images",
+    "losses",
+    "metrics",
+    "offline",
+    "prompts",
+    "sampling",
+    "table2text",
+    "text_classification",
+    "tfds_source",
+    "tokenizers",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"dpjax.data.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'dpjax.data' has no attribute {name!r}")

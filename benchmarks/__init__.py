@@ -1,0 +1,1 @@
+"""Benchmarks: XLA cost, memory and step time of the dpjax engines against baselines."""

@@ -1,0 +1,90 @@
+"""The step variants compared: non-private baselines and the DP engines.
+
+Each variant is a function ``step(params, batch)`` returning gradients (and, for DP, the
+clip info); the benchmark jits it with ``params`` and ``batch`` as arguments, so every
+variant has the same argument bytes and differs only in what it computes and keeps.
+
+* ``nonprivate_full``: ``jax.grad`` of the summed loss w.r.t. every leaf;
+* ``nonprivate_bitfit``: the same w.r.t. the BiTFiT trainable set only (others closed over);
+* ``dp_vmap``: ``dpjax.clipped_grad(method="vmap")``, all leaves;
+* ``dp_ghost``: ``dpjax.clipped_grad(method="ghost")``, all leaves (when registered);
+* ``dp_bitfit``: ``dpjax.clipped_grad(method="bitfit")`` on the BiTFiT trainable set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+import dpjax
+from benchmarks.shapes import Workload
+
+__all__ = ["BASELINE", "VARIANTS", "available_methods", "make_step"]
+
+Step = Callable[[Any, Any], Any]
+
+VARIANTS = ("nonprivate_full", "nonprivate_bitfit", "dp_vmap", "dp_ghost", "dp_bitfit")
+BASELINE = "nonprivate_full"
+L2_CLIP = 0.1
+
+_METHOD = {"dp_vmap": "vmap", "dp_ghost": "ghost", "dp_bitfit": "bitfit"}
+
+
+def available_methods() -> set[str]:
+    """The ``clipped_grad`` methods registered right now (engines land independently)."""
+    from dpjax.engines import ENGINES, get_engine
+
+    for name in ("vmap", "bitfit", "ghost"):
+        with contextlib.suppress(ValueError):  # an engine not written yet
+            get_engine(name)
+    return set(ENGINES)
+
+
+def _nonprivate(loss_fn: Any, trainable: Any) -> Step:
+    def step(params: Any, batch: Any) -> Any:
+        train, frozen = dpjax.partition(params, trainable)
+
+        def total(t: Any) -> jax.Array:
+            return loss_fn(dpjax.combine(t, frozen), batch).sum()
+
+        return jax.grad(total)(train)
+
+    return step
+
+
+def make_step(
+    variant: str,
+    work: Workload,
+    microbatch_size: int | None = None,
+    isolate_nonfinite: bool = False,
+) -> Step | None:
+    """The step function of ``variant`` for ``work``; ``None`` if its engine is missing.
+
+    ``isolate_nonfinite`` is ``clipped_grad``'s guard that re-runs a micro-batch holding a
+    non-finite row inside a ``lax.cond``. Off by default here: the second branch never
+    runs on finite data, but XLA's ``cost_analysis`` counts both branches (DP flops
+    appear doubled) and compile time doubles. Pass ``True`` to measure the guarded step.
+    """
+    if variant == "nonprivate_full":
+        return _nonprivate(work.loss_fn, dpjax.all_leaves)
+    if variant == "nonprivate_bitfit":
+        return _nonprivate(work.loss_fn, work.bitfit_trainable)
+    method = _METHOD[variant]
+    if method not in available_methods():
+        return None
+    trainable = work.bitfit_trainable if variant == "dp_bitfit" else None
+    kwargs: dict[str, Any] = {}
+    if "isolate_nonfinite" in inspect.signature(dpjax.clipped_grad).parameters:
+        kwargs["isolate_nonfinite"] = isolate_nonfinite
+    return dpjax.clipped_grad(
+        work.loss_fn,
+        l2_clip=L2_CLIP,
+        method=method,
+        trainable=trainable,
+        microbatch_size=microbatch_size,
+        **kwargs,
+    )
