@@ -102,7 +102,12 @@ def _logits_fn(cfg: Any, tokenizer: Any, train: Any) -> tuple[Any, Any, Any]:
     if pooling != "mean":
         raise ValueError(f"task.pooling must be 'cls' or 'mean', got {pooling!r}")
     encoder, encoder_params = load_model(cfg, None, classes, tokenizer=tokenizer, example=example)
-    model = MeanPoolClassifier(encoder, classes, bool(cfg_get(cfg, "normalize", False)))
+    model = MeanPoolClassifier(
+        encoder,
+        classes,
+        bool(cfg_get(cfg, "normalize", False)),
+        float(cfg_get(cfg, "feature_scale", 1.0)),
+    )
     ones = jnp.ones(example.shape, jnp.int32)
     seed = int(cfg_get(cfg, "init_seed", 0))
     params = dict(model.init(jax.random.key(seed), jnp.asarray(example), ones)["params"])

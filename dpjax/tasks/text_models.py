@@ -60,11 +60,15 @@ class MeanPoolClassifier(nn.Module):
       num_labels: classes.
       normalize: scale the pooled vector to unit length before the classifier (the
         geometry sentence encoders are trained for; keeps the new head's logits bounded).
+      feature_scale: multiplies the (normalised) pooled vector. Under DP it sets how the
+        clip budget splits between the head's kernel (gradient ~ scale) and its bias
+        (gradient ~ 1); ``sqrt(d)`` gives features of unit RMS.
     """
 
     encoder: nn.Module
     num_labels: int = 2
     normalize: bool = False
+    feature_scale: float = 1.0
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
@@ -74,6 +78,7 @@ class MeanPoolClassifier(nn.Module):
         pooled = pooled / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
         if self.normalize:  # unit length, as sentence-transformers' Normalize module
             pooled = pooled * jax.lax.rsqrt(jnp.sum(pooled**2, -1, keepdims=True) + 1e-12)
+        pooled = pooled * self.feature_scale
         dense = nn.Dense(
             self.num_labels, kernel_init=nn.initializers.normal(0.02), name="classifier"
         )
