@@ -153,7 +153,11 @@ initial_accuracy, initial_loss = test_metrics(task.params)
 print(f"before training: test accuracy {initial_accuracy:.3f}, loss {initial_loss:.4f}")
 
 methods = {  # name: (trainable predicate, engine, learning rate)
-    "DP-BiTFiT": (lambda p, x: dpjax.bias_only(p, x) or task.trainable_extra(p, x), "bitfit", 5e-3),
+    "DP-BiTFiT": (
+        lambda p, x: dpjax.bias_only(p, x) or task.trainable_extra(p, x),
+        "bitfit",
+        config.optimizer.lr,
+    ),  # the quickstart config's bias-safe rate
     "DP full": (None, "ghost", 5e-4),
 }
 sweep = []
