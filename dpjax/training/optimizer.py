@@ -24,7 +24,27 @@ from dpjax import optim
 from dpjax.optim import PrivatizeState
 from dpjax.training.settings import OptimizerSettings
 
-__all__ = ["find_privatize_state", "make_optimizer", "make_schedule"]
+__all__ = ["find_privatize_state", "make_optimizer", "make_schedule", "scale_by_name"]
+
+
+def scale_by_name(multipliers: tuple[tuple[str, float], ...]) -> optax.GradientTransformation:
+    """Multiplies the update of every leaf whose path contains ``name`` by ``m``."""
+    table = dict(multipliers)
+
+    def factor(path: Any) -> float:
+        names = {str(getattr(k, "key", getattr(k, "name", k))) for k in path}
+        out = 1.0
+        for name, m in table.items():
+            if name in names:
+                out *= m
+        return out
+
+    def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        del params
+        scaled = jax.tree_util.tree_map_with_path(lambda p, u: u * factor(p), updates)
+        return scaled, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def make_schedule(settings: OptimizerSettings, lr: float, steps: int) -> optax.Schedule:
@@ -64,6 +84,8 @@ def make_optimizer(
     else:
         inner = optax.sgd(schedule, momentum=settings.momentum)
     head = optim.privatize(noise_multiplier, l2_clip, expected_batch_size, key)
+    if settings.lr_multipliers:
+        return optax.chain(head, inner, scale_by_name(settings.lr_multipliers))
     return optax.chain(head, inner)
 
 

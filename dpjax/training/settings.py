@@ -97,8 +97,16 @@ class OptimizerSettings:
     eps: float = 1e-8
     weight_decay: float = 0.0
     momentum: float | None = None
+    #: ``{name: m}``: leaves with ``name`` in their path get ``m`` x the learning rate
+    #: (e.g. a fresh head beside slowly moving biases); stored as sorted ``(name, m)`` pairs.
+    lr_multipliers: Any = ()
 
     def __post_init__(self) -> None:
+        pairs = self.lr_multipliers
+        pairs = tuple(sorted(dict(pairs).items())) if pairs else ()
+        for name, m in pairs:
+            _real(f"optimizer.lr_multipliers.{name}", m, low=0)
+        object.__setattr__(self, "lr_multipliers", pairs)
         _choice("optimizer.name", self.name, OPTIMIZERS)
         _real("optimizer.lr", self.lr, low=0)
         _choice("optimizer.schedule", self.schedule, SCHEDULES)
