@@ -36,16 +36,21 @@ NOTEBOOK_REQUIRES = [
     "jupytext==1.19.6",
 ]
 
-TEST_REQUIRES = GENERATION_REQUIRES + PLOT_REQUIRES + NOTEBOOK_REQUIRES + [
-    "pytest==9.0.3",
-    "pytest-xdist==3.8.0",
-    "ruff==0.17.6",
-]
+TEST_REQUIRES = (
+    GENERATION_REQUIRES
+    + PLOT_REQUIRES
+    + NOTEBOOK_REQUIRES
+    + [
+        "pytest==9.0.3",
+        "pytest-xdist==3.8.0",
+        "ruff==0.17.6",
+    ]
+)
 
 setup(
     name="dpjax",
     version="0.1.0",
-    description="Differentially private fine-tuning (DP-BiTFiT, DP full, ghost clipping) in JAX/Flax.",
+    description="Differentially private fine-tuning (DP-BiTFiT, DP full, ghost) in JAX/Flax.",
     packages=find_packages(include=["dpjax", "dpjax.*"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
