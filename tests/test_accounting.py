@@ -3,35 +3,13 @@
 import math
 import time
 
-import dp_accounting as dpa
 import pytest
-from dp_accounting import pld, rdp
+from accounting_oracle import N_SST2, Q_SST2, REL
+from accounting_oracle import oracle_epsilon as _oracle
+from accounting_oracle import poisson_event as _poisson
+from accounting_oracle import without_replacement_event as _wor
 
 from dpjax import accounting
-
-N_SST2 = 67349
-Q_SST2 = 1024 / N_SST2
-REL = dpa.NeighboringRelation
-
-
-def _oracle(events, delta, accountant, relation=REL.ADD_OR_REMOVE_ONE, grid=1e-4):
-    if accountant == "pld":
-        acc = pld.PLDAccountant(value_discretization_interval=grid)
-    else:
-        acc = rdp.RdpAccountant(orders=list(accounting.RDP_ORDERS), neighboring_relation=relation)
-    for e in events:
-        acc.compose(e)
-    return acc.get_epsilon(delta)
-
-
-def _poisson(sigma, q, steps):
-    return dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(sigma)), steps)
-
-
-def _wor(sigma, n, m, steps):
-    inner = dpa.SampledWithoutReplacementDpEvent(n, m, dpa.GaussianDpEvent(sigma))
-    return dpa.SelfComposedDpEvent(inner, steps)
-
 
 # (sigma, q, steps, delta, PLD grid): the default grid 1e-4 where it is cheap.
 POISSON_SETTINGS = [
