@@ -67,6 +67,7 @@ import numpy as np
 import optax
 
 from dpjax.data.sampling import PoissonSampler
+from dpjax.training.optimizer import scale_by_name
 from dpjax.training.task import build_task
 from experiments.configs import quickstart
 
@@ -160,6 +161,11 @@ methods = {  # name: (trainable predicate, engine, learning rate)
     ),  # the quickstart config's bias-safe rate
     "DP full": (None, "ghost", 5e-4),
 }
+head_lr = config.optimizer.lr * config.optimizer.lr_multipliers["classifier"]  # 5e-3
+# The task already spent a little privacy: the noisy mean that centres the pooled
+# features (task.prior_privacy); every epsilon below composes it with the training steps.
+prior = task.prior_privacy
+print("privacy spent by the task before training:", prior)
 sweep = []
 for name, (trainable, engine, lr) in methods.items():
     grad_fn = dpjax.clipped_grad(task.loss_fn, l2_clip=clip, method=engine, trainable=trainable)
@@ -167,12 +173,17 @@ for name, (trainable, engine, lr) in methods.items():
     for target in eps_grid:
         t0 = time.time()
         sigma = dpjax.accounting.calibrate_noise_multiplier(
-            target_epsilon=target, sampling_rate=batch_size / n, steps=steps, delta=delta
-        )
+            target_epsilon=target, sampling_rate=batch_size / n, steps=steps, delta=delta,
+            prior=prior,
+        )  # fmt: skip
         train, frozen = dpjax.partition(task.params, trainable)
-        tx = dpjax.optim.dp_adam(
-            optax.linear_schedule(lr, 0.0, steps), noise_multiplier=sigma,
-            l2_clip=grad_fn.sensitivity, expected_batch_size=batch_size, key=jax.random.key(0),
+        tx = optax.chain(
+            dpjax.optim.dp_adam(
+                optax.linear_schedule(lr, 0.0, steps), noise_multiplier=sigma,
+                l2_clip=grad_fn.sensitivity, expected_batch_size=batch_size,
+                key=jax.random.key(0),
+            ),
+            scale_by_name((("classifier", head_lr / lr),)),  # the fresh head at 5e-3
         )  # fmt: skip
         opt_state = tx.init(train)
         sampler = PoissonSampler(
@@ -185,9 +196,9 @@ for name, (trainable, engine, lr) in methods.items():
                 total = g if total is None else jax.tree.map(lambda a, b: a + b, total, g)
             updates, opt_state = tx.update(total, opt_state, train)
             train = optax.apply_updates(train, updates)
-        eps = dpjax.accounting.epsilon(
-            noise_multiplier=sigma, sampling_rate=batch_size / n, steps=steps, delta=delta
-        )
+        ledger = dpjax.accounting.PrivacyLedger(prior)
+        ledger.record(steps, noise_multiplier=sigma, sampling_rate=batch_size / n)
+        eps = ledger.epsilon(delta)
         acc, loss = test_metrics(dpjax.combine(train, frozen))
         sweep.append({"method": name, "target_epsilon": target, "epsilon": eps,
                       "sigma": sigma, "accuracy": acc, "loss": loss})  # fmt: skip

@@ -33,7 +33,7 @@ delta has no default anywhere: pick it explicitly, e.g. with :func:`delta_for`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from dpjax.ledger import (
     ACCOUNTANTS,
@@ -169,6 +169,7 @@ def calibrate_noise_multiplier(
     dataset_size: int | None = None,
     tolerance: float = 1e-3,
     value_discretization_interval: float = DEFAULT_PLD_GRID,
+    prior: Sequence[Segment] = (),
 ) -> float:
     """Smallest noise multiplier whose epsilon is ``<= target_epsilon`` (within tolerance).
 
@@ -190,6 +191,9 @@ def calibrate_noise_multiplier(
       tolerance: relative precision on sigma: the answer is at most ``1 + tolerance``
         times the smallest sigma found feasible by the search.
       value_discretization_interval: PLD grid of the final check.
+      prior: privacy already spent on the same data (e.g. a noisy statistic computed
+        before training, see :class:`dpjax.training.Task`); the returned sigma makes the
+        prior segments *and* the ``steps`` composed reach ``target_epsilon``.
 
     Returns:
       sigma with ``epsilon(noise_multiplier=sigma, ...) <= target_epsilon``.
@@ -214,11 +218,20 @@ def calibrate_noise_multiplier(
     )
     check_choice("accountant", accountant, ACCOUNTANTS)
     Segment(1.0, sampling_rate, steps, sampling, dataset_size)  # validates the rest
+    prior = tuple(prior)
+    for seg in prior:
+        if not isinstance(seg, Segment):
+            raise ValueError(f"prior must hold dpjax.accounting.Segment instances, got {seg!r}")
+    if prior and compose_epsilon(prior, delta, accountant, final_grid) >= target:
+        raise ValueError(
+            f"target_epsilon={target!r} is unreachable: the prior segments {prior} alone "
+            f"spend epsilon={compose_epsilon(prior, delta, accountant, final_grid):.4g}"
+        )
 
     def eps_at(grid: float) -> Callable[[float], float]:
         def fn(sigma: float) -> float:
             seg = Segment(sigma, sampling_rate, steps, sampling, dataset_size)
-            return compose_epsilon([seg], delta, accountant, grid)
+            return compose_epsilon([*prior, seg], delta, accountant, grid)
 
         return fn
 

@@ -122,8 +122,16 @@ def test_quickstart_variants_differ_only_in_method():
     assert configs["dp_bitfit"].privacy.target_epsilon == 8.0
     assert configs["dp_bitfit"].privacy.delta == "1/(2n)"
     assert configs["nonprivate_full"].privacy.target_epsilon is None
-    tasks = {json.dumps(c.task.to_dict(), sort_keys=True) for c in configs.values()}
+    noise = {v: c.task.center_noise_multiplier for v, c in configs.items()}
+    assert noise == {"dp_bitfit": 20.0, "dp_full": 20.0, "nonprivate_bitfit": 0.0,
+                     "nonprivate_full": 0.0}  # fmt: skip
+    tasks = set()
+    for c in configs.values():
+        task = c.task.to_dict()
+        task.pop("center_noise_multiplier")
+        tasks.add(json.dumps(task, sort_keys=True))
     assert len(tasks) == 1  # same data, model and head in every row of the README table
+    assert all(c.task.center for c in configs.values())
     assert qs.get_config().method == "dp_bitfit"
 
 

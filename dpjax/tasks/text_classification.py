@@ -12,9 +12,13 @@ Formats (``task.format``):
 * ``"head"``: a classification head. ``task.pooling="cls"`` uses the model's own head
   (BERT pooler + classifier, RoBERTa classifier); ``"mean"`` puts a fresh ``classifier``
   on mean-pooled hidden states (sentence encoders without an MLM head, e.g. MiniLM).
+  With ``task.center=True`` the pooled vector is centred by the mean pooled feature of
+  the training set, released with the Gaussian mechanism of std
+  ``task.center_noise_multiplier`` and accounted (:mod:`dpjax.tasks.feature_mean`).
   The head is trained alongside the biases in BiTFiT (``Task.trainable_extra``).
 
-Config keys (``task.*``): ``dataset``, ``format``, ``pooling``, ``normalize``, ``checkpoint_dir`` or
+Config keys (``task.*``): ``dataset``, ``format``, ``pooling``, ``normalize``,
+``feature_scale``, ``center``, ``center_noise_multiplier``, ``checkpoint_dir`` or
 ``model`` (+ ``model_overrides``, ``init_seed``, ``dtype``), ``tokenizer``,
 ``tokenizer_kind``, ``max_length``, ``data_dir``, ``cache_dir``, ``split_seed``,
 ``mock_examples`` (> 0: TFDS mock data), ``train_limit``, ``eval_limit``.
@@ -36,6 +40,7 @@ import dpjax
 from dpjax.data import glue, offline
 from dpjax.data.losses import classification_loss
 from dpjax.data.text_classification import TextConfig
+from dpjax.tasks.feature_mean import private_mean
 from dpjax.tasks.loading import cfg_get, limit, load_model, load_tokenizer, maybe_mock_tfds
 from dpjax.tasks.text_models import MeanPoolClassifier, mask_label_logits
 from dpjax.training.task import Task
@@ -72,8 +77,8 @@ def load_splits(cfg: Any, tokenizer: Any) -> tuple[Any, Any]:
     return limit(train, cfg_get(cfg, "train_limit")), limit(test, cfg_get(cfg, "eval_limit"))
 
 
-def _logits_fn(cfg: Any, tokenizer: Any, train: Any) -> tuple[Any, Any, Any]:
-    """``(params, logits(params, batch) -> [B, C], trainable_extra)``."""
+def _logits_fn(cfg: Any, tokenizer: Any, train: Any) -> tuple[Any, Any, Any, tuple]:
+    """``(params, logits(params, batch) -> [B, C], trainable_extra, prior_privacy)``."""
     fmt = cfg_get(cfg, "format", "prompt")
     classes = int(train.num_classes)
     example = train.take(np.zeros(1, np.int64))["input_ids"]
@@ -87,7 +92,7 @@ def _logits_fn(cfg: Any, tokenizer: Any, train: Any) -> tuple[Any, Any, Any]:
                 batch["mask_position"], words, method=mask_label_logits,
             )  # fmt: skip
 
-        return params, logits, None
+        return params, logits, None, ()
     pooling = cfg_get(cfg, "pooling", "cls")
     if pooling == "cls":
         model, params = load_model(
@@ -98,7 +103,7 @@ def _logits_fn(cfg: Any, tokenizer: Any, train: Any) -> tuple[Any, Any, Any]:
         def logits(params: Any, batch: Any) -> Any:
             return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"])
 
-        return params, logits, extra
+        return params, logits, extra, ()
     if pooling != "mean":
         raise ValueError(f"task.pooling must be 'cls' or 'mean', got {pooling!r}")
     encoder, encoder_params = load_model(cfg, None, classes, tokenizer=tokenizer, example=example)
@@ -112,18 +117,36 @@ def _logits_fn(cfg: Any, tokenizer: Any, train: Any) -> tuple[Any, Any, Any]:
     seed = int(cfg_get(cfg, "init_seed", 0))
     params = dict(model.init(jax.random.key(seed), jnp.asarray(example), ones)["params"])
     params["encoder"] = encoder_params
+    center, prior = _center(cfg, model, params, train, seed)
 
     def logits(params: Any, batch: Any) -> Any:
-        return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"])
+        return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], center)
 
-    return params, logits, dpjax.named("classifier")
+    return params, logits, dpjax.named("classifier"), prior
+
+
+def _center(
+    cfg: Any, model: MeanPoolClassifier, params: Any, train: Any, seed: int
+) -> tuple[Any, tuple]:
+    """``task.center``: the private mean of the pretrained pooled training features."""
+    if not cfg_get(cfg, "center", False):
+        return None, ()
+    sigma = float(cfg_get(cfg, "center_noise_multiplier", 0.0))
+    pool = jax.jit(lambda p, ids, mask: model.apply({"params": p}, ids, mask, method="features"))
+
+    def features(idx: np.ndarray) -> np.ndarray:
+        batch = train.take(idx)
+        return np.asarray(pool(params, batch["input_ids"], batch["attention_mask"]))
+
+    mean, segment = private_mean(features, len(train), noise_multiplier=sigma, seed=seed)
+    return jnp.asarray(mean, jnp.float32), (segment,)
 
 
 def build(cfg: Any) -> Task:
     """The text-classification :class:`~dpjax.training.task.Task` of ``cfg`` (``task.*``)."""
     tokenizer = load_tokenizer(cfg)
     train, test = load_splits(cfg, tokenizer)
-    params, logits, extra = _logits_fn(cfg, tokenizer, train)
+    params, logits, extra, prior = _logits_fn(cfg, tokenizer, train)
 
     def loss_fn(params: Any, batch: Any) -> Any:
         return classification_loss(logits(params, batch), batch["label"])
@@ -140,5 +163,6 @@ def build(cfg: Any) -> Task:
         eval_data={"test": test},
         eval_fn=eval_fn,
         trainable_extra=extra,
+        prior_privacy=prior,
         name=f"{cfg_get(cfg, 'dataset')}-{cfg_get(cfg, 'format', 'prompt')}",
     )

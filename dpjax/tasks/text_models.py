@@ -70,16 +70,33 @@ class MeanPoolClassifier(nn.Module):
     normalize: bool = False
     feature_scale: float = 1.0
 
+    def features(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        """The pooled vector ``[B, d]`` (float32, unit length with ``normalize``)."""
+        return _pool(self.encoder(input_ids, attention_mask), attention_mask, self.normalize)
+
     @nn.compact
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    def __call__(
+        self, input_ids: jax.Array, attention_mask: jax.Array, center: jax.Array | None = None
+    ) -> jax.Array:
+        """Class logits ``[B, num_labels]``; ``center`` ``[d]`` is subtracted from the
+        pooled vector first (a constant, e.g. a private mean from
+        :func:`dpjax.tasks.feature_mean.private_mean`; never trained)."""
         h = self.encoder(input_ids, attention_mask)
-        weights = jnp.asarray(attention_mask).astype(jnp.float32)[..., None]
-        pooled = jnp.sum(h.astype(jnp.float32) * weights, axis=1)
-        pooled = pooled / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
-        if self.normalize:  # unit length, as sentence-transformers' Normalize module
-            pooled = pooled * jax.lax.rsqrt(jnp.sum(pooled**2, -1, keepdims=True) + 1e-12)
+        pooled = _pool(h, attention_mask, self.normalize)
+        if center is not None:
+            pooled = pooled - jnp.asarray(center, jnp.float32)
         pooled = pooled * self.feature_scale
         dense = nn.Dense(
             self.num_labels, kernel_init=nn.initializers.normal(0.02), name="classifier"
         )
         return dense(pooled.astype(h.dtype))
+
+
+def _pool(h: jax.Array, attention_mask: jax.Array, normalize: bool) -> jax.Array:
+    """Masked mean of ``h`` over positions, in float32; unit length if ``normalize``."""
+    weights = jnp.asarray(attention_mask).astype(jnp.float32)[..., None]
+    pooled = jnp.sum(h.astype(jnp.float32) * weights, axis=1)
+    pooled = pooled / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+    if normalize:  # unit length, as sentence-transformers' Normalize module
+        pooled = pooled * jax.lax.rsqrt(jnp.sum(pooled**2, -1, keepdims=True) + 1e-12)
+    return pooled

@@ -123,7 +123,9 @@ class Trainer:
         _check_divisible("physical_batch_size", s.physical_batch_size, self.mesh.shape[DATA], procs)
         _check_divisible("eval_batch_size", self.eval_batch_size, self.mesh.shape[DATA], procs)
         self.sampler = make_sampler(s, self.task.num_train)
-        self.plan: RunPlan = make_plan(s, self.sampler, self.task.trainable_extra)
+        self.plan: RunPlan = make_plan(
+            s, self.sampler, self.task.trainable_extra, self.task.prior_privacy
+        )
         self.base_key = jax.random.key(s.seed)
         self._fns: _PhaseFns | None = None
         self._add = jax.jit(add_micro, donate_argnums=0)
@@ -331,6 +333,7 @@ class Trainer:
                 for p in plan.phases
             ],
             "ledger": ledger.to_dict(),
+            "prior_privacy": [dataclasses.asdict(seg) for seg in plan.prior],
             "eval": evals,
             "wall_time_s": wall,
             "devices": {"mesh": dict(self.mesh.shape), "processes": jax.process_count()},

@@ -98,6 +98,8 @@ class RunPlan:
       max_epsilon: the budget the loop never exceeds (``None`` = no budget check).
       l2_clip: sensitivity of each clipped sum.
       expected_batch_size: public normaliser of the noisy sum.
+      prior: privacy the task spent on the training data before step 0
+        (:attr:`Task.prior_privacy`), composed into every epsilon of the run.
     """
 
     phases: tuple[Phase, ...]
@@ -108,6 +110,7 @@ class RunPlan:
     max_epsilon: float | None
     l2_clip: float
     expected_batch_size: float
+    prior: tuple[accounting.Segment, ...] = ()
 
     @property
     def total_steps(self) -> int:
@@ -133,9 +136,9 @@ class RunPlan:
         """Epsilon of the ledger (plus ``extra_steps`` more), ``None`` when non-private."""
         if not self.private:
             return None
-        if ledger.steps + extra_steps == 0:
+        if ledger.steps + extra_steps == 0 and not self.prior:
             return 0.0
-        segments = list(ledger.segments)
+        segments = [*self.prior, *ledger.segments]
         if extra_steps:
             segments.append(
                 accounting.Segment(self.noise_multiplier, steps=extra_steps, **self.sampling)
@@ -174,12 +177,19 @@ def _total_steps(settings: TrainSettings, steps_per_epoch: int) -> int:
 
 
 def make_plan(
-    settings: TrainSettings, sampler: Any, trainable_extra: Predicate | None = None
+    settings: TrainSettings,
+    sampler: Any,
+    trainable_extra: Predicate | None = None,
+    prior: tuple[accounting.Segment, ...] = (),
 ) -> RunPlan:
     """Plans phases and privacy for ``settings`` with the run's ``sampler``.
 
+    ``prior`` is privacy the task already spent on the training data; a calibrated noise
+    multiplier makes prior + all planned steps reach ``target_epsilon``.
+
     Raises:
-      ConfigError: the plan is empty or the target epsilon is unreachable.
+      ConfigError: the plan is empty, the target epsilon is unreachable, or the task
+        spent privacy without noise in a private run.
     """
     total = _total_steps(settings, sampler.steps_per_epoch)
     lr, method = settings.optimizer.lr, settings.method
@@ -224,6 +234,14 @@ def make_plan(
         return RunPlan(
             phases, 0.0, None, sampling, privacy.accountant, None, 1.0, sampler.expected_batch_size
         )
+    prior = tuple(prior)
+    for seg in prior:
+        if seg.noise_multiplier == 0.0:
+            raise ConfigError(
+                f"the task computed a statistic of the training data without noise ({seg}) "
+                "in a private run; give the task's statistic a noise multiplier > 0 "
+                "(e.g. task.center_noise_multiplier)"
+            )
     delta = _resolve_delta(privacy, sampler.num_examples)
     sigma = privacy.noise_multiplier
     if sigma is None:
@@ -233,6 +251,7 @@ def make_plan(
                 steps=total,
                 delta=delta,
                 accountant=privacy.accountant,
+                prior=prior,
                 **sampling,
             )
         except ValueError as e:
@@ -253,4 +272,5 @@ def make_plan(
         privacy.max_epsilon,
         privacy.l2_clip,
         sampler.expected_batch_size,
+        prior,
     )

@@ -28,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 import numpy as np
 
+from dpjax.ledger import Segment
 from dpjax.partition import Predicate
 
 __all__ = ["Dataset", "GenerationEval", "Task", "build_task", "resolve_builder"]
@@ -67,6 +68,11 @@ class Task:
       generation_eval: optional :data:`GenerationEval` hook.
       trainable_extra: predicate of leaves trained *in addition to biases* by the bias-only
         methods (e.g. a fresh classifier head); ``None`` for none.
+      prior_privacy: :class:`dpjax.accounting.Segment` s the builder already spent on
+        ``train_data`` (e.g. one Gaussian mechanism, ``Segment(sigma, 1.0, 1)``, for a noisy
+        feature mean). A private run composes them into every epsilon and calibrates its
+        noise so that they and all its steps reach the target; a segment without noise
+        (``noise_multiplier=0``) is refused in a private run.
       name: a short name for logs.
     """
 
@@ -77,9 +83,16 @@ class Task:
     eval_fn: Callable[[Any, Any], Mapping[str, jax.Array]] | None = None
     generation_eval: GenerationEval | None = None
     trainable_extra: Predicate | None = None
+    prior_privacy: tuple[Segment, ...] = ()
     name: str = "task"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "prior_privacy", tuple(self.prior_privacy))
+        for seg in self.prior_privacy:
+            if not isinstance(seg, Segment):
+                raise TypeError(
+                    f"Task.prior_privacy must hold dpjax.accounting.Segment, got {seg!r}"
+                )
         if not jax.tree.leaves(self.params):
             raise ValueError("Task.params has no leaves")
         if not callable(self.loss_fn):
