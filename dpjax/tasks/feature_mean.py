@@ -37,6 +37,10 @@ from dpjax.ledger import Segment, check_int, check_real
 
 __all__ = ["private_mean"]
 
+#: Mixed into ``seed`` so the mean's noise is its own stream, never one a caller's seed
+#: also drives elsewhere (e.g. the head's initialisation from the same ``init_seed``).
+_NOISE_STREAM = 0x6D65616E
+
 
 def private_mean(
     features: Callable[[np.ndarray], np.ndarray],
@@ -55,7 +59,8 @@ def private_mean(
       noise_multiplier: sigma, the noise std on the sum (its sensitivity is 1); 0 gives
         the exact mean of the clipped features (only for non-private runs: a private
         trainer refuses a segment without noise).
-      seed: seed of the noise (numpy ``default_rng``), so reruns and resumes agree.
+      seed: seed of the noise (numpy ``default_rng`` on its own stream), so reruns and
+        resumes agree; keep it secret like the trainer's noise seed.
       batch_size: rows per ``features`` call.
       progress: show a tqdm bar.
 
@@ -81,5 +86,5 @@ def private_mean(
         norms = np.linalg.norm(f, axis=1, keepdims=True)
         clipped = f * np.minimum(1.0, 1.0 / np.maximum(norms, 1e-30))
         total = clipped.sum(0) if total is None else total + clipped.sum(0)
-    noise = np.random.default_rng(seed).normal(size=total.shape) * sigma
+    noise = np.random.default_rng((seed, _NOISE_STREAM)).normal(size=total.shape) * sigma
     return (total + noise) / n, Segment(sigma, 1.0, 1)
