@@ -125,7 +125,7 @@ def budget_table(budget: Sequence[Row]) -> str:
 
 def flip_markdown(model: str, flips: Sequence[Row]) -> str:
     """Ghost/direct choice per layer shape (the engine's rule ``2T^2 <= d p``)."""
-    counts = sorted({t for f in flips for t in f["choice"]})
+    counts = sorted({t for f in flips for t in f["choice"]}, key=int)
     body = [
         [model, f"{f['d']}x{f['p']}", f["layers"], f["example"], _f(f["flip_T"], 0)]
         + [f["choice"][t] for t in counts]
@@ -194,7 +194,7 @@ def plot(rows: Sequence[Row], path: str, batch: int | None = None) -> bool:
     import matplotlib.pyplot as plt
 
     variants = ["nonprivate_full", "nonprivate_bitfit", "dp_vmap", "dp_ghost", "dp_bitfit"]
-    models = sorted({r["model"] for r in rows if "temp_bytes" in r})
+    models = sorted({r["model"] for r in rows if "temp_bytes" in r or "median_s" in r})
     if batch is None and rows:
         batch = max(r["batch"] for r in rows)
     panels = [("temp_bytes", "XLA temp memory (MiB)", MIB), ("median_s", "step time (ms)", 1e-3)]

@@ -38,13 +38,18 @@ import sys
 
 try:
     import dpjax
-except ImportError:
-    REPO_URL = os.environ.get("DPJAX_REPO_URL", "https://github.com/dpjax/dpjax")
-    subprocess.run(["git", "clone", "--depth=1", REPO_URL, "/content/dpjax"], check=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "-e", "/content/dpjax[plot]"], check=True
-    )
-    sys.path.insert(0, "/content/dpjax")
+except ImportError:  # a fresh runtime (e.g. Colab): fetch dpjax, install it and its assets
+    SRC = pathlib.Path(os.environ.get("DPJAX_SRC", "/content/dpjax"))
+    if not (SRC / "setup.py").is_file():  # no uploaded copy there: clone the repository
+        REPO_URL = os.environ.get("DPJAX_REPO_URL", "https://github.com/dpjax/dpjax")
+        if subprocess.run(["git", "clone", "--depth=1", REPO_URL, str(SRC)]).returncode:
+            raise RuntimeError(
+                f"could not clone dpjax from {REPO_URL!r} into {SRC}: set DPJAX_REPO_URL to "
+                f"your dpjax repository, or upload a copy of it to {SRC}, and rerun this cell"
+            ) from None
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{SRC}[plot]"], check=True)
+    subprocess.run(["bash", str(SRC / "scripts" / "install_assets.sh")], check=True)
+    sys.path.insert(0, str(SRC))
     import dpjax
 
 FAST = os.environ.get("DPJAX_FAST", "0") == "1"  # tiny settings (used by the tests)

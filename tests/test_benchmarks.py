@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -73,3 +74,68 @@ def test_max_batch_finds_the_largest_fitting_batch(fixed, per_row, budget):
 
 def test_max_batch_when_nothing_fits():
     assert max_batch(lambda b: 10.0 * b, 5.0)["max_batch"] == 0
+
+
+def _write_results(folder, rows, device="cpu"):
+    folder.mkdir()
+    env = {"backend": "cpu", "device": device, "jax": "x", "methods": ["ghost"]}
+    payload = {"env": env, "rows": rows, "small": [], "budget": [], "flip": {}}
+    (folder / "results.json").write_text(json.dumps(payload))
+    return str(folder)
+
+
+def _row(variant, tokens, **fields):
+    if "temp_bytes" in fields:  # the other XLA figures a compile run records
+        fields = {"flops": 1.0, "argument_bytes": 1.0, "output_bytes": 1.0,
+                  "footprint_bytes": 1.0 + fields["temp_bytes"], **fields}  # fmt: skip
+    return {"model": "m", "kind": "bert", "batch": 8, "tokens": tokens, "dtype": "float32",
+            "variant": variant, "available": True, **fields}  # fmt: skip
+
+
+def test_combine_merges_time_and_compile_runs(tmp_path):
+    """Time rows of one run and XLA rows of another join per variant; ratios still come
+    from one process per measurement (checked against hand-computed values)."""
+    from benchmarks import combine
+
+    timed = _write_results(tmp_path / "t", [
+        _row("nonprivate_full", 64, median_s=2.0), _row("dp_ghost", 64, median_s=2.5),
+        _row("nonprivate_full", 512, median_s=8.0), _row("dp_ghost", 512, median_s=10.4),
+    ])  # fmt: skip
+    compiled = _write_results(tmp_path / "c", [
+        _row("nonprivate_full", 64, temp_bytes=100.0), _row("dp_ghost", 64, temp_bytes=130.0),
+    ])  # fmt: skip
+    again = _write_results(tmp_path / "c2", [  # the same exact XLA figures: accepted
+        _row("nonprivate_full", 64, temp_bytes=100.0), _row("dp_ghost", 64, temp_bytes=130.0),
+    ])  # fmt: skip
+    rows = combine.combine([timed, compiled, again])["rows"]
+    assert len(rows) == 4
+    ghost64 = next(r for r in rows if r["variant"] == "dp_ghost" and r["tokens"] == 64)
+    assert report.ratio(rows, ghost64, "median_s") == pytest.approx(1.25)
+    assert report.ratio(rows, ghost64, "temp_bytes") == pytest.approx(1.30)
+    ghost512 = next(r for r in rows if r["variant"] == "dp_ghost" and r["tokens"] == 512)
+    assert report.ratio(rows, ghost512, "median_s") == pytest.approx(1.30)
+    out = tmp_path / "out"
+    assert combine.main([timed, compiled, "--out", str(out)]) == 0
+    assert "| m | 512 | 8 | dp_ghost | 10400.0 | 1.30 |" in (out / "tables.md").read_text()
+    if importlib.util.find_spec("matplotlib"):
+        assert (out / "cost_vs_T_B8.png").stat().st_size > 0
+
+
+def test_combine_refuses_ratios_across_processes(tmp_path):
+    from benchmarks import combine
+
+    a = _write_results(tmp_path / "a", [_row("nonprivate_full", 64, median_s=2.0)])
+    b = _write_results(tmp_path / "b", [_row("dp_ghost", 64, median_s=2.5)])
+    with pytest.raises(ValueError, match=r"time rows in both '.*/a' and '.*/b'"):
+        combine.combine([a, b])
+    c = _write_results(tmp_path / "c", [_row("nonprivate_full", 64, temp_bytes=1.0)])
+    d = _write_results(tmp_path / "d", [_row("nonprivate_full", 64, temp_bytes=2.0)])
+    with pytest.raises(ValueError, match="compile rows in both"):
+        combine.combine([c, d])  # XLA figures that differ: not the same measurement
+    e = _write_results(tmp_path / "e", [_row("dp_ghost", 128, median_s=1.0)], device="gpu")
+    with pytest.raises(ValueError, match="measured on cpu/gpu"):
+        combine.combine([a, e])
+    with pytest.raises(ValueError, match="more than once"):
+        combine.combine([a, a])
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        combine.combine([str(tmp_path)])

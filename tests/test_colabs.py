@@ -18,6 +18,7 @@ import json
 import math
 import os
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -63,10 +64,13 @@ def clear_outputs(path: pathlib.Path) -> None:
     nbformat.write(nb, path)
 
 
-def run_notebook(name: str, out: pathlib.Path, timeout: int = 900) -> dict:
+def run_notebook(
+    name: str, out: pathlib.Path, timeout: int = 900, extra_env: dict[str, str] | None = None
+) -> dict:
     """Executes ``colabs/<name>.ipynb`` with DPJAX_FAST=1; returns its results.json."""
     nb = nbformat.read(COLABS / f"{name}.ipynb", as_version=4)
     env = {
+        **(extra_env or {}),
         "DPJAX_FAST": "1",
         "DPJAX_COLAB_OUT": str(out),
         "MPLBACKEND": "Agg",
@@ -114,6 +118,26 @@ def test_notebook_matches_its_py_source(name):
             assert not cell.outputs and cell.execution_count is None, "outputs not cleared"
     first = _code_cells(ipynb)[0]
     assert "except ImportError" in first and "pip" in first and "DPJAX_FAST" in first
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_install_cell_names_the_repository_it_could_not_clone(name, tmp_path):
+    """Without an importable dpjax the first cell clones DPJAX_REPO_URL into DPJAX_SRC; a
+    failed clone stops there with both named (and pip never runs)."""
+    cell = _code_cells(jupytext.read(COLABS / f"{name}.py"))[0]
+    script = tmp_path / "cell.py"
+    script.write_text("import sys\nsys.modules['dpjax'] = None  # import dpjax fails\n" + cell)
+    url = (tmp_path / "no-such-repo").as_uri()
+    env = {**os.environ, "DPJAX_REPO_URL": url, "DPJAX_SRC": str(tmp_path / "src")}
+    env.pop("DPJAX_FAST", None)
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode != 0
+    assert f"could not clone dpjax from {url!r} into {tmp_path / 'src'}" in proc.stderr, (
+        proc.stderr[-2000:]
+    )
+    assert not (tmp_path / "colab_outputs").exists()  # stopped inside the install branch
 
 
 def test_accounting_notebook(tmp_path):
@@ -205,6 +229,23 @@ def test_quickstart_notebook(tmp_path):
     bitfit8 = next(s for s in r["sweep"] if s["method"] == "DP-BiTFiT" and s["target_epsilon"] == 8)
     assert bitfit8["loss"] < r["initial_loss"], (bitfit8, r["initial_loss"])
     assert 0.3 < r["majority_accuracy"] < 0.7
+
+
+def test_quickstart_notebook_sst2_branch(tmp_path):
+    """DPJAX_QUICKSTART=sst2 takes the GLUE/RoBERTa path (FAST: TFDS mock records and a
+    random roberta-tiny, prompt format with no head): same cells, same checks."""
+    r = run_notebook("quickstart", tmp_path, extra_env={"DPJAX_QUICKSTART": "sst2"})
+    _check_plots(tmp_path, r)
+    assert r["task"] == "glue/sst2" and r["task_name"].endswith("prompt")
+    trainer = r["trainer"]
+    assert trainer["method"] == "dp_bitfit" and trainer["steps"] == 6
+    assert 0.95 * r["target_epsilon"] <= trainer["epsilon"] <= r["target_epsilon"] * 1.0001
+    # biases only (no head); the MLM decoder bias over the 50,265-word vocabulary dominates
+    assert 50_265 < r["num_trained_bitfit"] < 0.1 * r["num_params"]
+    assert {s["method"] for s in r["sweep"]} == {"DP-BiTFiT", "DP full"}
+    for s in r["sweep"]:
+        assert 0.95 * s["target_epsilon"] <= s["epsilon"] <= s["target_epsilon"] * 1.0001
+        assert math.isfinite(s["loss"]) and 0.0 <= s["accuracy"] <= 1.0
 
 
 if __name__ == "__main__":  # python -m tests.test_colabs --clear colabs/NAME.ipynb ...
