@@ -128,7 +128,7 @@ def flip_markdown(model: str, flips: Sequence[Row]) -> str:
     counts = sorted({t for f in flips for t in f["choice"]}, key=int)
     body = [
         [model, f"{f['d']}x{f['p']}", f["layers"], f["example"], _f(f["flip_T"], 0)]
-        + [f["choice"][t] for t in counts]
+        + [f["choice"].get(t, "-") for t in counts]
         for f in flips
     ]
     return _md(["model", "d x p", "layers", "e.g.", "flip T*"] + [f"T={t}" for t in counts], body)
