@@ -29,11 +29,11 @@ Run::
 Variants (``quickstart.py:<variant>``):
 
     - ``dp_bitfit``: DP-BiTFiT + head, epsilon 8 (default; the README main job)
-    - ``dp_full``: DP full fine-tuning (ghost clipping), epsilon 8, lr 5e-4
+    - ``dp_full``: DP full fine-tuning (ghost clipping), epsilon 8, lr 5e-4 (head 5e-2)
     - ``nonprivate_bitfit``: biases + head, no noise, no clipping (exact feature mean)
     - ``nonprivate_full``: every parameter, no noise, no clipping, lr 5e-4
 
-    Every variant trains the head at 5e-3 (``optimizer.lr_multipliers``).
+    The head trains at 5e-3 (``optimizer.lr_multipliers``), at 5e-2 in ``dp_full``.
     - ``smoke``: 2 DP-BiTFiT steps of 16 rows on 64 training / 16 test snippets
 """
 
@@ -84,7 +84,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # In 40 steps at epsilon 8 the bias updates are noise-dominated, so they get a low
         # rate; the fresh head (centred features) learns best at ~5e-3.
         c.optimizer.lr = 5e-5
-    c.optimizer.lr_multipliers = ml_collections.ConfigDict({"classifier": 5e-3 / c.optimizer.lr})
+    # The fresh head learns at ~5e-3 beside frozen or slowly moving features; under DP full
+    # fine-tuning (noise on all 22M weights) it needs 5e-2 to keep up: measured 73.6% at
+    # epsilon 8 in 40 steps, vs the majority class (57.6%) with the head at 5e-3.
+    head_lr = 5e-2 if method == "dp_full" else 5e-3
+    c.optimizer.lr_multipliers = ml_collections.ConfigDict({"classifier": head_lr / c.optimizer.lr})
     c.log_every = 5
     if variant == "smoke":
         c.task.train_limit, c.task.eval_limit = 64, 16
