@@ -222,8 +222,8 @@ def plot(rows: Sequence[Row], path: str, batch: int | None = None) -> bool:
             ax.set_ylabel(label)
             ax.set_title(f"{model}, B={batch}")
             ax.grid(True, alpha=0.3)
-            if i == 0 and j == 0:
-                ax.legend(fontsize=8)
+            if ax.lines and not fig.legends and not any(a.get_legend() for a in fig.axes):
+                ax.legend(fontsize=8)  # once, on the first panel with data
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

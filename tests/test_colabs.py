@@ -140,6 +140,17 @@ def test_install_cell_names_the_repository_it_could_not_clone(name, tmp_path):
     assert not (tmp_path / "colab_outputs").exists()  # stopped inside the install branch
 
 
+def test_install_cells_are_one_block():
+    """Each notebook must carry its own install cell (dpjax is not importable yet), so the
+    five copies are kept identical here instead of drifting apart."""
+    blocks = set()
+    for name in NOTEBOOKS:
+        cell = _code_cells(jupytext.read(COLABS / f"{name}.py"))[0]
+        start, end = cell.index("try:\n    import dpjax"), cell.rindex("    import dpjax\n")
+        blocks.add(cell[start:end])
+    assert len(blocks) == 1, "the notebooks' install blocks differ"
+
+
 def test_accounting_notebook(tmp_path):
     r = run_notebook("accounting", tmp_path)
     _check_plots(tmp_path, r)
