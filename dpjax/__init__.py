@@ -1,7 +1,7 @@
 """dpjax: differentially private fine-tuning of foundation models in JAX/Flax.
 
-Public names only; see README.md for a tour. Submodules ``accounting``, ``data``,
-``models`` and ``training`` load on first use, so ``import dpjax`` stays light (no
+Public names only; see README.md for a tour. Submodules ``accounting``, ``audit``,
+``data``, ``models`` and ``training`` load on first use, so ``import dpjax`` stays light (no
 dp_accounting or TensorFlow Datasets import until they are needed).
 """
 
@@ -12,10 +12,11 @@ from dpjax import optim
 from dpjax.check import EngineMismatchError, check_engine
 from dpjax.clipping import ClipInfo, ClippedGrad, clipped_grad
 from dpjax.partition import all_leaves, bias_only, combine, named, partition
+from dpjax.randomness import secret_key
 
 __version__ = "0.1.0"
 
-_LAZY = ("accounting", "data", "models", "training")
+_LAZY = ("accounting", "audit", "data", "models", "training")
 
 __all__ = [
     "ClipInfo",
@@ -23,6 +24,7 @@ __all__ = [
     "EngineMismatchError",
     "accounting",
     "all_leaves",
+    "audit",
     "bias_only",
     "check_engine",
     "clipped_grad",
@@ -32,6 +34,7 @@ __all__ = [
     "named",
     "optim",
     "partition",
+    "secret_key",
     "training",
 ]
 

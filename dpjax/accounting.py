@@ -11,11 +11,16 @@ accountant for epsilon.
 * ``sampling="shuffle"``: every step draws a fixed-size batch of ``m = round(q * n)``
   distinct examples uniformly without replacement, independently per step
   (:class:`dpjax.data.sampling.FixedSizeSampler`). Event:
-  ``SampledWithoutReplacementDpEvent(n, m, GaussianDpEvent(sigma))``, which
+  ``SampledWithoutReplacementDpEvent(n, m, GaussianDpEvent(sigma / 2))``, which
   ``dp_accounting`` supports only in the RDP accountant with *replace-one* neighbours
   (a different, stronger neighbouring relation than add-or-remove: its epsilons are not
-  comparable with Poisson ones). Epoch-permutation shuffling is neither of these and
-  has no tight standard accounting: do not account it as either.
+  comparable with Poisson ones). The ``/ 2``: replacing one example moves the clipped
+  sum by up to ``2 C``, and dp_accounting's RDP formulas take the noise relative to the
+  query's sensitivity (google/differential-privacy issue 378). An unsampled Gaussian
+  release (a ``Segment`` with ``q = 1``, e.g. a task's noisy feature mean) composes with
+  such steps the same way; Poisson-sampled ones with ``q < 1`` cannot.
+  Epoch-permutation shuffling is neither of these and has no tight standard accounting:
+  do not account it as either.
 
 ``accountant="pld"`` (default) is ``dp_accounting.pld.PLDAccountant`` (pessimistic
 discretisation, grid ``value_discretization_interval``, default 1e-4);
@@ -59,9 +64,11 @@ __all__ = [
     "Segment",
     "cache_info",
     "calibrate_noise_multiplier",
+    "calibrate_segments",
     "clear_caches",
     "delta_for",
     "epsilon",
+    "joint_noise_multiplier",
 ]
 
 _SIGMA_MAX = 1e4  # calibration gives up above this noise multiplier
@@ -209,6 +216,77 @@ def calibrate_noise_multiplier(
       ...                    steps=150, delta=1e-5) <= 3.0
       True
     """
+    Segment(1.0, sampling_rate, steps, sampling, dataset_size)  # validates the rest
+    prior = tuple(prior)
+    for seg in prior:
+        if not isinstance(seg, Segment):
+            raise ValueError(f"prior must hold dpjax.accounting.Segment instances, got {seg!r}")
+
+    def segments(sigma: float) -> list[Segment]:
+        return [*prior, Segment(sigma, sampling_rate, steps, sampling, dataset_size)]
+
+    return calibrate_segments(
+        segments,
+        target_epsilon=target_epsilon,
+        delta=delta,
+        accountant=accountant,
+        tolerance=tolerance,
+        value_discretization_interval=value_discretization_interval,
+        fixed=prior,
+        what=f"q={sampling_rate!r}, steps={steps!r}",
+    )
+
+
+def joint_noise_multiplier(noise_multiplier: float, *others: float) -> float:
+    """Noise multiplier of several Gaussian releases of one sample, as one mechanism.
+
+    Releasing ``sum_i g_i + N(0, (s C)^2)`` and ``sum_i l_i + N(0, (s_k L)^2)`` from the
+    same sampled batch (``||g_i|| <= C``, ``|l_i| <= L``) is, after rescaling each by its
+    noise std, one Gaussian mechanism of sensitivity ``sqrt(1/s^2 + sum_k 1/s_k^2)``
+    with unit noise: noise multiplier ``(1/s^2 + sum_k 1/s_k^2) ** -0.5``.
+
+    Example:
+      >>> round(joint_noise_multiplier(1.0, 1.0), 4)
+      0.7071
+    """
+    total = 0.0
+    for s in (noise_multiplier, *others):
+        s = check_real("noise_multiplier", s, "[0, inf)")
+        if s == 0.0:
+            return 0.0
+        total += 1.0 / (s * s)
+    return total**-0.5
+
+
+def calibrate_segments(
+    segments: Callable[[float], Sequence[Segment]],
+    *,
+    target_epsilon: float,
+    delta: float,
+    accountant: str = "pld",
+    tolerance: float = 1e-3,
+    value_discretization_interval: float = DEFAULT_PLD_GRID,
+    fixed: Sequence[Segment] = (),
+    what: str = "",
+) -> float:
+    """Smallest sigma whose ``segments(sigma)`` compose to ``<= target_epsilon``.
+
+    The general form of :func:`calibrate_noise_multiplier` (see it for the search), for
+    runs whose steps are not all alike: e.g. a trainer that also releases a noisy loss
+    on some steps records those with :func:`joint_noise_multiplier`.
+
+    Args:
+      segments: ``sigma -> [Segment, ...]``, every noisy segment of the run; epsilon must
+        decrease as sigma grows.
+      target_epsilon, delta, accountant, tolerance, value_discretization_interval: as in
+        :func:`calibrate_noise_multiplier`.
+      fixed: the segments that do not depend on sigma (checked first: they alone must
+        stay below the target).
+      what: the run's sampling described in error messages.
+
+    Raises:
+      ValueError: bad inputs, or a target no sigma in [0.05, 1e4] reaches.
+    """
     target = check_real("target_epsilon", target_epsilon, "[0, inf)")
     if target == 0:
         raise ValueError(f"target_epsilon must be > 0, got {target_epsilon!r}")
@@ -217,21 +295,16 @@ def calibrate_noise_multiplier(
         "value_discretization_interval", value_discretization_interval, "(0, 1]"
     )
     check_choice("accountant", accountant, ACCOUNTANTS)
-    Segment(1.0, sampling_rate, steps, sampling, dataset_size)  # validates the rest
-    prior = tuple(prior)
-    for seg in prior:
-        if not isinstance(seg, Segment):
-            raise ValueError(f"prior must hold dpjax.accounting.Segment instances, got {seg!r}")
-    if prior and compose_epsilon(prior, delta, accountant, final_grid) >= target:
+    fixed = tuple(fixed)
+    if fixed and compose_epsilon(fixed, delta, accountant, final_grid) >= target:
         raise ValueError(
-            f"target_epsilon={target!r} is unreachable: the prior segments {prior} alone "
-            f"spend epsilon={compose_epsilon(prior, delta, accountant, final_grid):.4g}"
+            f"target_epsilon={target!r} is unreachable: the prior segments {fixed} alone "
+            f"spend epsilon={compose_epsilon(fixed, delta, accountant, final_grid):.4g}"
         )
 
     def eps_at(grid: float) -> Callable[[float], float]:
         def fn(sigma: float) -> float:
-            seg = Segment(sigma, sampling_rate, steps, sampling, dataset_size)
-            return compose_epsilon([*prior, seg], delta, accountant, grid)
+            return compose_epsilon(segments(sigma), delta, accountant, grid)
 
         return fn
 
@@ -244,8 +317,7 @@ def calibrate_noise_multiplier(
         if hi * 2 > _SIGMA_MAX:
             raise ValueError(
                 f"target_epsilon={target!r} is unreachable: noise_multiplier={hi:g} still "
-                f"gives epsilon={e_hi:.3g} at delta={delta!r}, q={sampling_rate!r}, "
-                f"steps={steps!r}"
+                f"gives epsilon={e_hi:.3g} at delta={delta!r}, {what}"
             )
         hi, e_hi = hi * 2, search(hi * 2)
     lo, e_lo = hi / 2, search(hi / 2)

@@ -1,9 +1,14 @@
 """Self-check: does an engine agree with the ``vmap`` oracle on *your* model?
 
 Engines other than ``vmap`` rely on assumptions about the model (``bitfit``: every tapped
-bias is simply added to its layer's output). :func:`check_engine` runs the engine and the
-oracle on a few examples, one example at a time so that errors cannot cancel in the
-sum, and raises naming every trainable leaf whose clipped gradient differs.
+bias is simply added to its layer's output) and about the loss: they run ``loss_fn`` on
+the whole batch, so a loss that mixes examples (batch centring, BatchNorm in training
+mode) would let one example move the others' contributions -- past the sensitivity.
+:func:`check_engine` runs the engine and the oracle on a few examples, one example at a
+time so that errors cannot cancel in the sum, then checks *independence* on the batch
+of those examples: removing example ``j`` (and masking it) must change the engine's sum
+by exactly ``j``'s own clipped gradient and leave every other example's norm as it was.
+It raises naming every trainable leaf (and example) that fails.
 
 Example:
     >>> import flax.linen as nn, jax, jax.numpy as jnp, dpjax
@@ -15,7 +20,7 @@ Example:
     >>> errors = check_engine(loss_fn, params, {"x": x}, method="bitfit",
     ...                       trainable=dpjax.bias_only, l2_clip=1.0)
     >>> sorted(errors)
-    ['bias', 'norms']
+    ['bias', 'independence/bias', 'independence/norms', 'norms']
 """
 
 from __future__ import annotations
@@ -79,11 +84,13 @@ def check_engine(
         ``group_fn``).
 
     Returns:
-      ``{leaf path or "norms": worst relative error}`` over the checked examples.
+      ``{leaf path or "norms": worst relative error}`` over the checked examples, and
+      ``{"independence/<leaf>": ...}`` for the independence checks.
 
     Raises:
-      EngineMismatchError: some leaf (or the norm) differs by more than ``rtol``; the
-        message lists them, worst first.
+      EngineMismatchError: some leaf (or the norm) differs by more than ``rtol``, or
+        removing / masking one example changes the others' contributions; the message
+        lists them, worst first, with the example.
     """
     size = jax.tree.leaves(batch)[0].shape[0]
     n = min(num_examples, size)
@@ -91,12 +98,15 @@ def check_engine(
                                   trainable=trainable, **grad_kwargs))  # fmt: skip
     oracle = jax.jit(clipped_grad(loss_fn, l2_clip=l2_clip, method="vmap",
                                   trainable=trainable, **grad_kwargs))  # fmt: skip
+    rows = {k: v for k, v in batch.items() if k != "mask"}
+    rows = jax.tree.map(lambda x: jnp.asarray(x)[:n], rows)
     errors: dict[str, float] = {}
+    contributions = []
     for i in range(n):
-        one = {k: v for k, v in batch.items() if k != "mask"}
-        one = jax.tree.map(lambda x, i=i: jnp.asarray(x)[i : i + 1], one)
+        one = jax.tree.map(lambda x, i=i: x[i : i + 1], rows)
         got, got_info = engine(params, one)
         want, want_info = oracle(params, one)
+        contributions.append(want)
         names = [path_to_str(p) for p in leaf_paths(want)]
         pairs = zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True)
         for name, (g, w) in zip(names, pairs, strict=True):
@@ -115,4 +125,57 @@ def check_engine(
             "A custom module probably uses its bias non-additively (do not register it "
             "with register_bias_layer) or a bias is also read outside its layer."
         )
+    if n > 1:
+        errors.update(_independence(engine, params, rows, contributions, method, rtol, atol))
     return errors
+
+
+def _independence(
+    engine: Callable[..., Any],
+    params: Any,
+    rows: Any,
+    contributions: list[Any],
+    method: str,
+    rtol: float,
+    atol: float,
+) -> dict[str, float]:
+    """Removing or masking one example changes the sum by its own contribution only."""
+    n = len(contributions)
+    full, full_info = engine(params, rows)
+    full_leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(full)]
+    names = [path_to_str(p) for p in leaf_paths(full)]
+    full_norms = np.asarray(full_info.norms, np.float64)
+    worst: dict[str, float] = {}
+    failures: list[tuple[float, str]] = []
+    for j in range(n):
+        keep = np.arange(n) != j
+        removed, removed_info = engine(params, jax.tree.map(lambda x, k=keep: x[k], rows))
+        masked, _ = engine(params, {**rows, "mask": jnp.asarray(keep)})
+        own = [np.asarray(x, np.float64) for x in jax.tree.leaves(contributions[j])]
+        gone = [np.asarray(x, np.float64) for x in jax.tree.leaves(removed)]
+        hidden = [np.asarray(x, np.float64) for x in jax.tree.leaves(masked)]
+        for name, a, r, m, o in zip(names, full_leaves, gone, hidden, own, strict=True):
+            scale = max(float(np.max(np.abs(a))) if a.size else 0.0, atol)
+            moved = float(np.max(np.abs((a - r) - o))) / scale if a.size else 0.0
+            leak = float(np.max(np.abs(m - r))) / scale if a.size else 0.0
+            for what, err in (("removing", moved), ("masking", leak)):
+                if not np.isfinite(err):
+                    err = float("inf")
+                key = f"independence/{name}"
+                worst[key] = max(worst.get(key, 0.0), err)
+                if not err <= rtol:
+                    failures.append((err, f"{name} ({what} example {j}: rel. error {err:.3g})"))
+        others = np.asarray(removed_info.norms, np.float64)
+        norm_err = _rel_err(others, full_norms[keep], atol)
+        worst["independence/norms"] = max(worst.get("independence/norms", 0.0), norm_err)
+        if not norm_err <= rtol:
+            failures.append((norm_err, f"norms of the other examples (removing example {j})"))
+    if failures:
+        listed = ", ".join(msg for _, msg in sorted(failures, reverse=True)[:8])
+        raise EngineMismatchError(
+            f"method={method!r}: examples are not independent -- removing one example "
+            f"changes the others' clipped gradients, so one example can move the sum by more "
+            f"than the clip norm: {listed}. The loss mixes examples (a batch statistic, "
+            "BatchNorm in training mode); make each example's loss depend on that example only."
+        )
+    return worst

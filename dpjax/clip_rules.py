@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,7 +27,15 @@ import jax.numpy as jnp
 
 from dpjax.partition import Path, leaf_paths, path_to_str
 
-__all__ = ["CLIP_FNS", "ClipPlan", "make_plan", "norm_dtype", "top_level_group"]
+__all__ = [
+    "CLIP_FNS",
+    "ClipPlan",
+    "check_clip_norm",
+    "make_plan",
+    "norm_dtype",
+    "sum_dtype",
+    "top_level_group",
+]
 
 CLIP_FNS = ("abadi", "automatic")
 
@@ -34,6 +43,33 @@ CLIP_FNS = ("abadi", "automatic")
 def norm_dtype(dtype: Any) -> Any:
     """Dtype for norms and clip factors: float32, or wider if the gradients are (float64)."""
     return jnp.promote_types(dtype, jnp.float32)
+
+
+#: Clipped sums, their accumulation over micro-batches and the noise use this dtype too:
+#: a bfloat16 sum would round one example's contribution away (or up to several times C).
+sum_dtype = norm_dtype
+
+
+def check_clip_norm(value: Any, what: str = "l2_clip") -> float:
+    """``value`` as a float if it is a finite real number > 0 (numpy scalars included).
+
+    Raises:
+      TypeError: not a real number (a bool, a string, an array with more than one value).
+      ValueError: not finite or not > 0.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        shape = getattr(value, "shape", None)
+        if shape == () and not isinstance(value, bool):
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise TypeError(f"{what} must be a real number, got {value!r}") from None
+        else:
+            raise TypeError(f"{what} must be a real number, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{what} must be a finite number > 0, got {value!r}")
+    return value
 
 
 def top_level_group(path: Path) -> str:
@@ -67,9 +103,11 @@ class ClipPlan:
             raise ValueError(f"clip_fn must be one of {CLIP_FNS}, got {self.clip_fn!r}")
         if len(self.group_names) != len(self.clip_norms) or not self.group_names:
             raise ValueError("need one clip norm per group and at least one group")
-        for name, c in zip(self.group_names, self.clip_norms, strict=True):
-            if not (isinstance(c, (int, float)) and math.isfinite(c) and c > 0):
-                raise ValueError(f"l2_clip must be a finite number > 0, got {c!r} (group {name!r})")
+        norms = tuple(
+            check_clip_norm(c, f"l2_clip of group {name!r}")
+            for name, c in zip(self.group_names, self.clip_norms, strict=True)
+        )
+        object.__setattr__(self, "clip_norms", norms)
         if self.clip_fn == "automatic":
             if self.gamma is None or not (math.isfinite(self.gamma) and self.gamma > 0):
                 raise ValueError(
@@ -137,6 +175,8 @@ def make_plan(
     if not paths:
         raise ValueError("no trainable leaves: the trainable predicate selected nothing")
     if isinstance(l2_clip, Mapping):
+        if not l2_clip:
+            raise ValueError("l2_clip is an empty mapping: give at least one {group: clip norm}")
         names = tuple(l2_clip)
         norms = tuple(l2_clip[n] for n in names)
         assign = group_fn or top_level_group
@@ -156,6 +196,4 @@ def make_plan(
         return ClipPlan(names, norms, clip_fn, gamma, tuple(leaf_groups))
     if group_fn is not None:
         raise ValueError("group_fn needs l2_clip to be a mapping {group name: clip norm}")
-    if isinstance(l2_clip, bool) or not isinstance(l2_clip, (int, float)):
-        raise TypeError(f"l2_clip must be a number or a mapping of numbers, got {l2_clip!r}")
-    return ClipPlan(("all",), (float(l2_clip),), clip_fn, gamma, (0,) * len(paths))
+    return ClipPlan(("all",), (check_clip_norm(l2_clip),), clip_fn, gamma, (0,) * len(paths))

@@ -21,8 +21,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dpjax.clip_rules import CLIP_FNS, ClipPlan, make_plan
-from dpjax.engines import get_engine
+from dpjax.clip_rules import CLIP_FNS, ClipPlan, check_clip_norm, make_plan, sum_dtype
+from dpjax.engines import EngineResult, get_engine
 from dpjax.partition import Path, Predicate, partition
 
 __all__ = ["ClipInfo", "ClippedGrad", "clipped_grad"]
@@ -123,10 +123,16 @@ class ClippedGrad:
             raise ValueError(f"microbatch_size must be a positive int or None, got {mb!r}")
         # Validates norms and gamma without needing params.
         ClipPlan(("probe",), (1.0,), self.clip_fn, self.gamma, ())
-        norms = self.l2_clip.values() if isinstance(self.l2_clip, Mapping) else [self.l2_clip]
-        for c in norms:
-            if isinstance(c, bool) or not isinstance(c, (int, float)) or not c > 0:
-                raise ValueError(f"l2_clip must be > 0, got {c!r}")
+        if isinstance(self.l2_clip, Mapping):
+            if not self.l2_clip:
+                raise ValueError("l2_clip is an empty mapping: give at least one {group: norm}")
+            for name, c in self.l2_clip.items():
+                check_clip_norm(c, f"l2_clip[{name!r}]")
+        else:
+            check_clip_norm(self.l2_clip)
+        iso = self.isolate_nonfinite
+        if iso is not None and not isinstance(iso, bool):
+            raise TypeError(f"isolate_nonfinite must be True, False or None, got {iso!r}")
 
     @property
     def sensitivity(self) -> float:
@@ -146,17 +152,17 @@ class ClippedGrad:
         plan = make_plan(train, self.l2_clip, self.clip_fn, self.gamma, self.group_fn)
         engine = get_engine(self.method)
 
-        def run_engine(micro: Any) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
-            res = engine(
+        def run_engine(micro: Any) -> EngineResult:
+            return engine(
                 self.loss_fn, train, frozen, micro, plan, spmd_axis_name=self.spmd_axis_name
             )
-            return res.grads, res.sq_norms, res.loss, res.keep
 
         def run(micro: Any) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
-            out = run_engine(micro)
+            res = run_engine(micro)
             isolate = self.isolate_nonfinite
-            if isolate is None:  # auto: the engine whose batched kernels can mix rows
-                isolate = self.method == "vmap"
+            if isolate is None:  # auto: whenever rows went through a vmap-batched kernel
+                isolate = res.mixes_rows
+            out = (res.grads, res.sq_norms, res.loss, res.keep)
             if not isolate:
                 return out
             return _isolate_nonfinite(run_engine, micro, out)
@@ -164,7 +170,6 @@ class ClippedGrad:
         mb = self.microbatch_size
         if mb is None or mb >= size:
             grads, sq_norms, loss, keep = run(batch)
-            mask = batch["mask"]
         else:
             padded = _pad_rows(batch, size, mb)
             n_micro = (size + mb - 1) // mb
@@ -174,50 +179,52 @@ class ClippedGrad:
                 g, s, lo, k = run(micro)
                 return jax.tree.map(jnp.add, acc, g), (s, lo, k)
 
-            zeros = jax.tree.map(jnp.zeros_like, train)
-            grads, outs = jax.lax.scan(body, zeros, stacked)
+            grads, outs = jax.lax.scan(body, _zero_sums(train), stacked)
             sq_norms, loss, keep = (x.reshape((n_micro * mb,) + x.shape[2:])[:size] for x in outs)
-            mask = batch["mask"]
-        return grads, _info(plan, sq_norms, loss, keep, mask)
+        return grads, _info(plan, sq_norms, loss, keep, batch["mask"])
+
+
+def _zero_sums(train: Any) -> Any:
+    """Zeros shaped like ``train`` in the dtype of clipped sums (float32 or wider)."""
+    return jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), sum_dtype(x.dtype)), train)
 
 
 def _isolate_nonfinite(
-    run_engine: Callable[[Any], tuple[Any, jax.Array, jax.Array, jax.Array]],
+    run_engine: Callable[[Any], EngineResult],
     micro: Any,
     out: tuple[Any, jax.Array, jax.Array, jax.Array],
 ) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
-    """Re-runs a micro-batch without its non-finite rows, only when it has any.
+    """Recomputes a micro-batch one row at a time, only when a row's gradient is not finite.
 
-    Some batched XLA kernels mix examples through ``nan * 0`` (the per-example kernel
-    gradient of a convolution under ``vmap`` is one grouped convolution), so one bad row
-    can poison every row's gradient. When a row in the mask has a non-finite norm, the
-    micro-batch is recomputed with those rows zeroed (as padding rows are) and masked
-    out; ``lax.cond`` runs the second pass only for such micro-batches.
-    XLA's ``cost_analysis`` counts both branches, so flop figures of a step compiled with
-    isolation include the (never executed on clean data) second pass.
+    Batched XLA kernels under ``vmap`` can mix examples through ``nan * 0`` (the
+    per-example kernel gradient of a convolution under ``vmap`` is one grouped
+    convolution), so one bad row -- even a padding row -- can poison every row's gradient,
+    and which row was the culprit cannot be told from the result. When a row in the mask
+    has a non-finite norm, the micro-batch is recomputed row by row (``lax.scan`` over
+    batches of one, sums accumulated in float32): every row is then computed alone,
+    bad rows contribute exactly zero and every other row's contribution is exact.
+
+    ``lax.cond`` runs that second pass only for such micro-batches, so a micro-batch that
+    holds a non-finite row takes longer (a timing side channel documented in README's
+    privacy policy). XLA's ``cost_analysis`` counts both branches.
     """
     grads, sq_norms, loss, keep = out
     mask = micro["mask"]
-    bad_norm = mask & ~jnp.all(jnp.isfinite(sq_norms), axis=-1)
-    # The forward pass never mixes rows, so a non-finite loss names the culprit even when
-    # the backward pass has spread its nan to every row's norm.
-    bad_loss = mask & ~jnp.isfinite(loss)
-    bad = jnp.where(jnp.any(bad_loss), bad_loss, bad_norm)
+    bad = jnp.any(mask & ~jnp.all(jnp.isfinite(sq_norms), axis=-1))
 
-    def redo(_: None) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
-        # Zero rows, like the padding rows samplers produce: no cross-device gather.
-        def replace(x: jax.Array) -> jax.Array:
-            x = jnp.asarray(x)
-            rows = bad.reshape((-1,) + (1,) * (x.ndim - 1))
-            return jnp.where(rows, jnp.zeros((), x.dtype), x)
+    def row_by_row(_: None) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
+        rows = jax.tree.map(lambda x: jnp.asarray(x)[:, None], dict(micro))
 
-        clean = jax.tree.map(replace, dict(micro))
-        clean["mask"] = mask & ~bad
-        g2, s2, l2, k2 = run_engine(clean)
-        nan = jnp.full_like(s2, jnp.nan)
-        return g2, jnp.where(bad[:, None], nan, s2), jnp.where(bad, loss, l2), k2 & ~bad
+        def body(acc: Any, row: Any) -> tuple[Any, tuple[jax.Array, ...]]:
+            res = run_engine(row)
+            acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), acc, res.grads)
+            return acc, (res.sq_norms[0], res.loss[0], res.keep[0])
 
-    return jax.lax.cond(jnp.any(bad_norm), redo, lambda _: (grads, sq_norms, loss, keep), None)
+        zeros = jax.tree.map(lambda g: jnp.zeros(g.shape, g.dtype), grads)
+        g2, (s2, l2, k2) = jax.lax.scan(body, zeros, rows)
+        return g2, s2, l2.astype(loss.dtype), k2
+
+    return jax.lax.cond(bad, row_by_row, lambda _: (grads, sq_norms, loss, keep), None)
 
 
 def _info(
@@ -270,15 +277,22 @@ def clipped_grad(
       group_fn: maps a leaf path to its clip group name (with a mapping ``l2_clip``).
       spmd_axis_name: mesh axis the batch is sharded on, forwarded to ``jax.vmap``.
       isolate_nonfinite: when a micro-batch has a row with a non-finite gradient, recompute
-        it without that row (guards against batched kernels that mix rows via ``nan * 0``,
-        e.g. a convolution's per-example kernel gradient under ``vmap``). It costs a second
-        pass only for such micro-batches, but a second trace at compile time, and XLA's
-        flop count includes it. ``None`` (default): on for ``method="vmap"``, off for
-        ``bitfit``/``ghost``, which zero bad rows before any contraction over examples.
+        it one row at a time, so that the bad row contributes zero and every other row
+        exactly its own clipped gradient (guards against batched kernels that mix rows via
+        ``nan * 0``, e.g. a convolution's per-example kernel gradient under ``vmap``). It
+        costs extra time only for such micro-batches (a timing side channel: see README's
+        privacy policy), a second trace at compile time, and XLA's flop count includes
+        it. ``None`` (default): on whenever the engine ran rows through ``vmap`` (the
+        ``vmap`` engine, ``bitfit`` with direct leaves, ``ghost`` with fallback leaves);
+        off for the batched tap passes, which never mix rows and zero bad rows before any
+        contraction over examples.
 
     Returns:
       A :class:`ClippedGrad`; calling it returns ``(grads, ClipInfo)``. Rows whose
       ``batch["mask"]`` is ``False`` and rows with a non-finite gradient contribute zero.
+      ``grads`` are float32 (float64 for float64 parameters) whatever the model dtype:
+      the sum is cast to the parameter dtype only after the noise
+      (:func:`dpjax.optim.privatize` does it).
     """
     return ClippedGrad(
         loss_fn=loss_fn,

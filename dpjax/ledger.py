@@ -132,11 +132,34 @@ class Segment:
         object.__setattr__(self, "steps", steps)
         object.__setattr__(self, "dataset_size", n)
 
-    def step_event(self) -> dp_accounting.DpEvent:
-        """The ``dp_accounting`` event of one step of this segment."""
-        gaussian = dp_accounting.GaussianDpEvent(self.noise_multiplier)
-        if self.sampling == "poisson":
+    def step_event(self, replace_one: bool | None = None) -> dp_accounting.DpEvent:
+        """The ``dp_accounting`` event of one step of this segment.
+
+        Args:
+          replace_one: account under *replace-one* neighbours (``None``: only for
+            ``"shuffle"`` segments). ``dp_accounting``'s RDP formulas take the noise
+            multiplier relative to the L2 sensitivity of the query; under replace-one
+            the clipped sum moves by up to ``2 C`` (``+C`` replaced by ``-C``), so the
+            multiplier passed is ``sigma / 2`` (google/differential-privacy issue 378).
+            A Poisson segment can only be read under replace-one when it samples
+            everything (``q = 1``: one unsampled Gaussian mechanism).
+        """
+        if replace_one is None:
+            replace_one = self.sampling == "shuffle"
+        if not replace_one:
+            if self.sampling == "shuffle":
+                raise ValueError("a 'shuffle' segment is only defined under replace-one")
+            gaussian = dp_accounting.GaussianDpEvent(self.noise_multiplier)
             return dp_accounting.PoissonSampledDpEvent(self.sampling_rate, gaussian)
+        gaussian = dp_accounting.GaussianDpEvent(self.noise_multiplier / 2)
+        if self.sampling == "poisson":
+            if self.sampling_rate != 1.0:
+                raise ValueError(
+                    f"a Poisson-sampled segment with q={self.sampling_rate} has no replace-one "
+                    "accounting in dp_accounting; only unsampled (q = 1) ones compose with "
+                    "'shuffle' segments"
+                )
+            return gaussian
         m = sample_size(self.sampling_rate, self.dataset_size)
         return dp_accounting.SampledWithoutReplacementDpEvent(self.dataset_size, m, gaussian)
 
@@ -169,11 +192,11 @@ def _segment_pld(seg: Segment, grid: float) -> pld_lib.PrivacyLossDistribution:
 
 
 @functools.lru_cache(maxsize=64)
-def _step_rdp(step: Segment) -> np.ndarray:
+def _step_rdp(step: Segment, replace_one: bool) -> np.ndarray:
     """RDP vector (at :data:`RDP_ORDERS`) of one step, from ``RdpAccountant`` itself."""
-    relation = _REL.REPLACE_ONE if step.sampling == "shuffle" else _REL.ADD_OR_REMOVE_ONE
+    relation = _REL.REPLACE_ONE if replace_one else _REL.ADD_OR_REMOVE_ONE
     acc = rdp.RdpAccountant(orders=RDP_ORDERS, neighboring_relation=relation)
-    acc.compose(step.step_event())
+    acc.compose(step.step_event(replace_one))
     vector = acc.rdp  # a copy; 0 + 1 * v == v exactly, as the accountant adds it
     vector.setflags(write=False)
     return vector
@@ -190,8 +213,9 @@ def _cached_epsilon(
             total = total.compose(_segment_pld(seg, grid))
         return float(total.get_epsilon_for_delta(delta))
     total = np.zeros(len(RDP_ORDERS), dtype=np.float64)
+    replace_one = any(s.sampling == "shuffle" for s in segments)
     for seg in segments:
-        total += seg.steps * _step_rdp(seg.step_key())
+        total += seg.steps * _step_rdp(seg.step_key(), replace_one)
     return float(rdp_privacy_accountant.compute_epsilon(np.array(RDP_ORDERS), total, delta)[0])
 
 
@@ -243,10 +267,12 @@ def compose_epsilon(
                 "by dp_accounting's PLD accountant; use accountant='rdp' (it is never "
                 "silently accounted as Poisson)"
             )
-        if len(samplings) > 1:
+        sampled = [s for s in segments if s.sampling == "poisson" and s.sampling_rate < 1]
+        if sampled:
             raise ValueError(
-                "cannot compose 'poisson' (add-or-remove neighbours) with 'shuffle' "
-                "(replace-one neighbours) segments in one accountant"
+                f"cannot compose Poisson-sampled segments ({sampled[0]}) with 'shuffle' "
+                "(replace-one neighbours) segments: dp_accounting has no replace-one "
+                "accounting for Poisson sampling (unsampled q = 1 segments compose)"
             )
     if not segments:
         return 0.0

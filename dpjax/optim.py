@@ -26,13 +26,14 @@ Never add noise per micro-batch.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from dpjax.clip_rules import make_plan
+from dpjax.clip_rules import make_plan, sum_dtype
 from dpjax.engines.vmap import clip_and_sum
 
 __all__ = [
@@ -60,14 +61,19 @@ def _check_key(key: Any) -> jax.Array:
         )
     key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
     typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    if typed and key.shape != ():
+        raise TypeError(
+            f"key must be a single PRNG key, got a batch of keys of shape {key.shape}; "
+            "pass one key (e.g. keys[0]), privatize splits it on every update"
+        )
     if not typed and not (key.dtype == jnp.uint32 and key.shape == (2,)):
         raise TypeError(f"key must be a JAX PRNG key, got dtype {key.dtype} shape {key.shape}")
     return key
 
 
 def _check_number(name: str, value: Any, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
     value = float(value)
     ok = math.isfinite(value) and (value > 0 if positive else value >= 0)
     if not ok:
@@ -77,14 +83,33 @@ def _check_number(name: str, value: Any, *, positive: bool) -> float:
     return value
 
 
-def _add_noise(updates: Any, key: jax.Array, std: float, scale: float) -> Any:
+def _split_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(key of the next update, key of this update's noise)``: never the same key twice."""
+    next_key, noise_key = jax.random.split(key)
+    return next_key, noise_key
+
+
+def _add_noise(updates: Any, key: jax.Array, std: float, scale: float, params: Any) -> Any:
+    """``(u + N(0, std^2)) * scale`` in float32 (float64), then cast to the params' dtype."""
     leaves, treedef = jax.tree.flatten(updates)
+    targets = [u.dtype for u in leaves] if params is None else _param_dtypes(params, treedef)
     keys = jax.random.split(key, max(len(leaves), 1))
     noisy = []
-    for k, u in zip(keys, leaves, strict=False):
-        z = jax.random.normal(k, jnp.shape(u), jnp.float32)
-        noisy.append(((u.astype(jnp.float32) + std * z) * scale).astype(u.dtype))
+    for k, u, target in zip(keys, leaves, targets, strict=False):
+        dt = sum_dtype(u.dtype)
+        z = jax.random.normal(k, jnp.shape(u), dt)
+        noisy.append(((u.astype(dt) + std * z) * scale).astype(target))
     return jax.tree.unflatten(treedef, noisy)
+
+
+def _param_dtypes(params: Any, treedef: Any) -> list[Any]:
+    try:
+        leaves = treedef.flatten_up_to(params)
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            f"privatize: params do not have the structure of the updates ({treedef}): {e}"
+        ) from e
+    return [jnp.result_type(p) for p in leaves]
 
 
 def privatize(
@@ -103,7 +128,10 @@ def privatize(
       key: a JAX PRNG key; required. It is split on every update.
 
     Returns:
-      An ``optax.GradientTransformation`` for the head of an ``optax.chain``.
+      An ``optax.GradientTransformation`` for the head of an ``optax.chain``. The noise is
+      drawn and added in float32 (float64 for float64 sums) whatever the model dtype;
+      the noisy update is cast to the dtype of ``params`` when ``update`` is given them
+      (as ``optax.chain`` does), and only then.
     """
     sigma = _check_number("noise_multiplier", noise_multiplier, positive=False)
     clip = _check_number("l2_clip", l2_clip, positive=True)
@@ -118,9 +146,8 @@ def privatize(
     def update_fn(
         updates: Any, state: PrivatizeState, params: Any = None
     ) -> tuple[Any, PrivatizeState]:
-        del params
-        next_key, noise_key = jax.random.split(state.key)
-        noisy = _add_noise(updates, noise_key, std, scale)
+        next_key, noise_key = _split_key(state.key)
+        noisy = _add_noise(updates, noise_key, std, scale, params)
         return noisy, PrivatizeState(key=next_key, count=state.count + 1)
 
     return optax.GradientTransformation(init_fn, update_fn)

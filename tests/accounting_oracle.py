@@ -26,5 +26,11 @@ def poisson_event(sigma, q, steps):
 
 
 def without_replacement_event(sigma, n, m, steps):
-    inner = dpa.SampledWithoutReplacementDpEvent(n, m, dpa.GaussianDpEvent(sigma))
+    """``steps`` fixed-size steps whose noise std is ``sigma * C`` for clip norm ``C``.
+
+    Under replace-one neighbours the clipped sum moves by up to ``2 C``, and dp_accounting's
+    RDP formulas want the std relative to that sensitivity: ``sigma / 2``
+    (google/differential-privacy issue 378).
+    """
+    inner = dpa.SampledWithoutReplacementDpEvent(n, m, dpa.GaussianDpEvent(sigma / 2))
     return dpa.SelfComposedDpEvent(inner, steps)

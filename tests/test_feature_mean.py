@@ -11,6 +11,7 @@ from accounting_oracle import oracle_epsilon, poisson_event
 
 from dpjax import accounting
 from dpjax.models import BertModel, get_config
+from dpjax.randomness import RunSecrets
 from dpjax.tasks.feature_mean import private_mean
 from dpjax.tasks.text_models import MeanPoolClassifier
 from dpjax.training import Trainer
@@ -25,7 +26,7 @@ def _feats(n=300, d=5, seed=0):
 
 def test_exact_mean_of_clipped_features_without_noise():
     x = _feats()
-    mean, seg = private_mean(lambda i: x[i], len(x), noise_multiplier=0.0, seed=0,
+    mean, seg = private_mean(lambda i: x[i], len(x), noise_multiplier=0.0,
                              batch_size=64, progress=False)  # fmt: skip
     clipped = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1.0)
     np.testing.assert_allclose(mean, clipped.mean(0), rtol=1e-12)
@@ -35,30 +36,38 @@ def test_exact_mean_of_clipped_features_without_noise():
 
 def test_noise_std_is_sigma_over_n_and_rejects_wrong_scales():
     x, sigma = _feats(n=50, d=400), 3.0
-    exact, _ = private_mean(lambda i: x[i], 50, noise_multiplier=0.0, seed=0, progress=False)
+    exact, _ = private_mean(lambda i: x[i], 50, noise_multiplier=0.0, progress=False)
     errors = np.concatenate([
-        private_mean(lambda i: x[i], 50, noise_multiplier=sigma, seed=s, progress=False)[0]
-        - exact for s in range(25)
+        private_mean(lambda i: x[i], 50, noise_multiplier=sigma, progress=False)[0]
+        - exact for _ in range(25)
     ])  # fmt: skip
     std = errors.std() * 50  # noise on the sum
     assert std == pytest.approx(sigma, rel=0.03)
     for wrong in (sigma * 1.1, sigma / 1.1, sigma * np.sqrt(2)):
         assert abs(std / wrong - 1) > 0.05
-    a, _ = private_mean(lambda i: x[i], 50, noise_multiplier=sigma, seed=7, progress=False)
-    b, _ = private_mean(lambda i: x[i], 50, noise_multiplier=sigma, seed=7, progress=False)
-    np.testing.assert_array_equal(a, b)  # seeded: reruns and resumes agree
+    # Without an rng the noise is fresh OS entropy: two calls never agree...
+    a, _ = private_mean(lambda i: x[i], 50, noise_multiplier=sigma, progress=False)
+    b, _ = private_mean(lambda i: x[i], 50, noise_multiplier=sigma, progress=False)
+    assert np.abs(a - b).min() > 0
+    # ... while the trainer's secret stream makes a resumed run release the same mean.
+    secrets = RunSecrets.draw()
+    a, _ = private_mean(lambda i: x[i], 50, noise_multiplier=sigma, progress=False,
+                        rng=secrets.numpy_rng("task/feature_mean"))  # fmt: skip
+    b, _ = private_mean(lambda i: x[i], 50, noise_multiplier=sigma, progress=False,
+                        rng=secrets.numpy_rng("task/feature_mean"))  # fmt: skip
+    np.testing.assert_array_equal(a, b)
 
 
 def test_bad_inputs_named():
     x = _feats()
     with pytest.raises(ValueError, match="noise_multiplier"):
-        private_mean(lambda i: x[i], 10, noise_multiplier=-1.0, seed=0)
+        private_mean(lambda i: x[i], 10, noise_multiplier=-1.0)
     with pytest.raises(ValueError, match=r"must be \[4, d\]"):
-        private_mean(lambda i: x[i][:, 0], 4, noise_multiplier=1.0, seed=0, progress=False)
+        private_mean(lambda i: x[i][:, 0], 4, noise_multiplier=1.0, progress=False)
     bad = x.copy()
     bad[5, 1] = np.nan
     with pytest.raises(ValueError, match="not finite"):
-        private_mean(lambda i: bad[i], 10, noise_multiplier=1.0, seed=0, progress=False)
+        private_mean(lambda i: bad[i], 10, noise_multiplier=1.0, progress=False)
 
 
 def test_calibration_composes_the_prior_like_dp_accounting():

@@ -31,7 +31,7 @@ def layer_results(module, x, w, c, keep, adapter, method):
 
         want = jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(params, x, w)
         # the last row's cotangent is NaN and outside keep: it must add exactly 0
-        parts = adapter(types.SimpleNamespace(module=module), x, w.at[-1].set(jnp.nan))
+        parts = adapter(types.SimpleNamespace(module=module), x, w.at[-1].set(jnp.nan), {})
         got = {}
         for name, part in parts.items():
             if isinstance(part, gl.FactoredPart):
@@ -147,7 +147,7 @@ def test_embed_repeated_tokens(x64):
     ids = jnp.array([[1, 3, 1, 1, 0], [2, 2, 2, 2, 2], [0, 1, 2, 3, 4], [4, 4, 1, 0, 4]])
     run_layer(nn.Embed(5, 3), ids, gl.embed_lookup, {"embedding"})
     part = gl.embed_lookup(
-        types.SimpleNamespace(module=nn.Embed(5, 3)), ids, jnp.zeros(ids.shape + (3,))
+        types.SimpleNamespace(module=nn.Embed(5, 3)), ids, jnp.zeros(ids.shape + (3,)), {}
     )["embedding"]
     assert part.factored.is_ids  # no one-hot over the vocabulary
 

@@ -51,6 +51,7 @@ def _equal_trees(a, b):
 
 def test_kill_and_resume_matches_uninterrupted_run(task, tmp_path):
     cfg = _config(steps=6)
+    cfg.privacy.noise_seed = 3  # two runs compared: the same (non-secret) streams
     cfg.checkpoint_every = 2
     full = _trainer(cfg, tmp_path / "a", task)
     res_a = full.run(progress=False)
@@ -61,10 +62,14 @@ def test_kill_and_resume_matches_uninterrupted_run(task, tmp_path):
 
     with pytest.raises(SimulatedKillError):
         _trainer(cfg, tmp_path / "b", task).run(hooks=[kill_after_3], progress=False)
+    # The failed run kept what it trained: a checkpoint at step 3 and a partial results.json.
+    failed = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert failed["steps"] == 3 and "SimulatedKillError" in failed["failure"]
+    assert failed["ledger"]["segments"][0]["steps"] == 3
     seen = []
     resumed = _trainer(cfg, tmp_path / "b", task)
     res_b = resumed.run(hooks=[lambda step, state: seen.append(step)], progress=False)
-    assert seen == [3, 4, 5, 6]  # resumed from the step-2 checkpoint, step 3 replayed
+    assert seen == [4, 5, 6]  # resumed from the step-3 checkpoint the failure left
     assert res_b["steps"] == res_a["steps"] == 6
     assert res_b["ledger"] == res_a["ledger"] and res_b["ledger"]["segments"][0]["steps"] == 6
     assert res_b["epsilon"] == pytest.approx(res_a["epsilon"], rel=1e-12)
@@ -129,10 +134,14 @@ def test_results_metrics_and_tensorboard(task, tmp_path):
         assert key in on_disk
     assert on_disk["steps"] == 4 and on_disk["delta"] == 1 / 2048
     assert on_disk["config"]["privacy"]["noise_multiplier"] == 1.0
+    assert on_disk["noise_seed"] == "secret (OS entropy)"
     assert set(res["eval"]) == {"test/accuracy", "test/loss"}
     rows = read_jsonl(str(tmp_path / "metrics.jsonl"))
-    train_rows = [r for r in rows if "train/loss" in r]
+    train_rows = [r for r in rows if "train/epsilon" in r]
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+    # A private run writes public quantities only (no loss, norms or batch size).
+    assert all(set(r) == {"step", "train/epsilon", "train/lr", "train/phase"} for r in train_rows)
+    assert train_rows[0]["train/lr"] == pytest.approx(cfg.optimizer.lr)  # linear decay, step 0
     eps = [r["train/epsilon"] for r in train_rows]
     assert eps == sorted(eps) and eps[-1] == pytest.approx(res["epsilon"])
     assert [r["step"] for r in rows if "eval/test/accuracy" in r] == [2, 4]

@@ -59,7 +59,7 @@ def xent_loss(model):
 
     def loss_fn(params, batch):
         logits = model.apply({"params": params}, batch["x"])
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+        logp = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))
         return -jnp.take_along_axis(logp, batch["y"][:, None], axis=1)[:, 0]
 
     return loss_fn

@@ -7,7 +7,8 @@ An engine is a function ``engine(loss_fn, train, frozen, batch, plan) -> EngineR
 * ``batch``: one micro-batch, every leaf with leading axis ``B``, ``batch["mask"]`` bool;
 * ``plan``: a :class:`dpjax.clip_rules.ClipPlan` (groups, norms, clip function).
 
-It returns the clipped sum ``sum_i c_i g_i`` (tree like ``train``), the per-example
+It returns the clipped sum ``sum_i c_i g_i`` (tree like ``train``, float32 or wider
+whatever the parameter dtype), the per-example
 squared norms per group ``[B, K]`` (float32, before clipping), and the per-example loss.
 Rows outside the mask or with a non-finite gradient must contribute exactly zero.
 """

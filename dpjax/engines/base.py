@@ -17,12 +17,16 @@ class EngineResult(NamedTuple):
       sq_norms: ``[B, K]`` float32 per-example squared gradient norms per clip group.
       loss: ``[B]`` per-example losses as returned by ``loss_fn``.
       keep: ``[B]`` bool, rows that contributed (in the mask, finite gradient).
+      mixes_rows: a static flag, ``True`` when rows went through ``vmap``-batched kernels
+        (per-example gradients by ``vmap(grad)``), where XLA may spread one row's
+        ``nan`` to the others; :func:`dpjax.clipped_grad` then isolates non-finite rows.
     """
 
     grads: Any
     sq_norms: jax.Array
     loss: jax.Array
     keep: jax.Array
+    mixes_rows: bool = False
 
 
 class Engine(Protocol):

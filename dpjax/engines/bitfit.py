@@ -48,7 +48,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -59,6 +59,7 @@ from dpjax.clip_rules import ClipPlan
 from dpjax.engines import register_engine
 from dpjax.engines import taps as taps_lib
 from dpjax.engines.base import EngineResult
+from dpjax.engines.reads import read_outside
 from dpjax.engines.vmap import clip_and_sum
 from dpjax.partition import Path, combine, leaf_paths, path_to_str
 
@@ -171,17 +172,23 @@ class TapPlan:
 
 
 def plan_taps(
-    calls: Sequence[taps_lib.LayerCall], params: Any, train_paths: Sequence[Path]
+    calls: Sequence[taps_lib.LayerCall],
+    params: Any,
+    train_paths: Sequence[Path],
+    read_outside: Collection[Path] = (),
 ) -> TapPlan:
     """Decides which trainable leaves are tapped biases; the rest go the direct way.
 
     A leaf is tapped only if every discovered call that uses it is a top-level call of a
     layer with a bias rule that accepts it; a leaf also used by a lifted call (inside
-    ``nn.scan``, ...) or by an unrecognised rule is differentiated directly instead.
+    ``nn.scan``, ...), by an unrecognised rule, or read outside its layer calls
+    (``read_outside``, see :mod:`dpjax.engines.reads`) is differentiated directly instead.
     """
     index = {p: i for i, p in enumerate(train_paths)}
     sites: list[Site] = []
-    blocked: dict[int, str] = {}
+    blocked: dict[int, str] = {
+        index[p]: "also read outside its layer call" for p in read_outside if p in index
+    }
     for call in calls:
         if call.param_shape("bias") is None:
             continue
@@ -295,6 +302,11 @@ def bitfit_engine(
     one = jax.tree.map(lambda x: x[:1], batch)
     calls = taps_lib.discover(loss_fn, params, one)
     tplan = plan_taps(calls, params, paths)
+    if tplan.sites:
+        tapped = [paths[i] for i in sorted({s.leaf for s in tplan.sites})]
+        outside = read_outside(loss_fn, params, one, tapped)
+        if outside:
+            tplan = plan_taps(calls, params, paths, outside)
     if mode == "batched" and tplan.direct:
         named = [f"{path_to_str(paths[i])} ({tplan.reasons[i]})" for i in tplan.direct]
         raise ValueError(
@@ -321,7 +333,7 @@ def bitfit_engine(
             raise ValueError(f"bitfit: trainable leaf {path_to_str(paths[i])!r} got no gradient")
     tree = jax.tree.unflatten(jax.tree.structure(train), per_example)
     result = clip_and_sum(tree, plan, batch["mask"])
-    return result._replace(loss=loss)
+    return result._replace(loss=loss, mixes_rows=use_vmap)
 
 
 def _tapped_only(train: Any, tplan: TapPlan) -> Any:

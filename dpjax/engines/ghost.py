@@ -40,7 +40,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dpjax.clip_rules import ClipPlan
+from dpjax.clip_rules import ClipPlan, sum_dtype
 from dpjax.engines import ghost_norms as gn
 from dpjax.engines import register_engine
 from dpjax.engines import taps as taps_lib
@@ -72,12 +72,14 @@ def _batched(loss_fn: Any, params: Any, batch: Any, gplan: GhostPlan, size: int)
     """One forward + one backward of the whole batch: ``(loss, g by key, a by key)``."""
 
     def total(t: dict[str, jax.Array]) -> tuple[jax.Array, Any]:
-        loss, inputs = taps_lib.tapped_loss(loss_fn, params, batch, t, record_inputs=True)
+        loss, inputs, kw = taps_lib.tapped_loss(
+            loss_fn, params, batch, t, record_inputs=True, record_kwargs=True
+        )
         _check_loss(loss, size)
-        return jnp.sum(loss), (loss, inputs)
+        return jnp.sum(loss), (loss, inputs, kw)
 
-    g, (loss, a) = jax.grad(total, has_aux=True)(_tap_zeros(gplan, size))
-    return loss, g, a, []
+    g, (loss, a, kw) = jax.grad(total, has_aux=True)(_tap_zeros(gplan, size))
+    return loss, g, a, kw, []
 
 
 def _vmapped(loss_fn: Any, train: Any, frozen: Any, batch: Any, gplan: GhostPlan, spmd: Any):
@@ -95,9 +97,11 @@ def _vmapped(loss_fn: Any, train: Any, frozen: Any, batch: Any, gplan: GhostPlan
         params = combine(jax.tree.unflatten(treedef, own), rest)
         one = jax.tree.map(lambda x: x[None], example)
         t1 = jax.tree.map(lambda x: x[None], t)
-        loss, inputs = taps_lib.tapped_loss(loss_fn, params, one, t1, record_inputs=True)
+        loss, inputs, kw = taps_lib.tapped_loss(
+            loss_fn, params, one, t1, record_inputs=True, record_kwargs=True
+        )
         _check_loss(loss, 1)
-        return loss[0], (loss[0], jax.tree.map(lambda x: x[0], inputs))
+        return loss[0], (loss[0], jax.tree.map(lambda x: x[0], (inputs, kw)))
 
     fn = jax.vmap(
         jax.grad(example_loss, argnums=(0, 1), has_aux=True),
@@ -105,19 +109,20 @@ def _vmapped(loss_fn: Any, train: Any, frozen: Any, batch: Any, gplan: GhostPlan
         spmd_axis_name=spmd,
     )
     size = batch["mask"].shape[0]
-    (g, d), (loss, a) = fn(_tap_zeros(gplan, size), direct, batch)
-    return loss, g, a, d
+    (g, d), (loss, (a, kw)) = fn(_tap_zeros(gplan, size), direct, batch)
+    return loss, g, a, kw, d
 
 
-def _leaf_parts(gplan: GhostPlan, g: dict, a: dict, num_leaves: int) -> list[list[Any]]:
+def _leaf_parts(gplan: GhostPlan, g: dict, a: dict, kw: dict, num_leaves: int) -> list[list[Any]]:
     """The parts (factored or explicit) of every covered leaf, one per use."""
     parts: list[list[Any]] = [[] for _ in range(num_leaves)]
     cache: dict[str, dict[str, Any]] = {}
     for use in gplan.uses:
         if use.key not in cache:
             call = gplan.calls[use.key]
+            kwargs = {**dict(call.static_kwargs), **kw.get(use.key, {})}
             cache[use.key] = adapter_for(call.module_type, call.method)(
-                call, a[use.key], g[use.key]
+                call, a[use.key], g[use.key], kwargs
             )
         parts[use.leaf].append(cache[use.key][use.name])
     return parts
@@ -139,7 +144,8 @@ def _clipped(parts: list[Any], c: jax.Array, keep: jax.Array, leaf: jax.Array) -
         total = gn.explicit_clipped_sum(x, c, keep)
     if total.size != leaf.size:
         raise ValueError(f"ghost: clipped sum of shape {total.shape} for a leaf {leaf.shape}")
-    return total.reshape(leaf.shape).astype(leaf.dtype)
+    # float32 (float64) whatever the model dtype: cast to the leaf dtype only after noise.
+    return total.reshape(leaf.shape).astype(sum_dtype(leaf.dtype))
 
 
 @register_engine("ghost")
@@ -166,10 +172,10 @@ def ghost_engine(
     gplan = make_ghost_plan(loss_fn, params, batch, paths)
     if gplan.fallback:
         log.info(gplan.describe(paths))
-        loss, g, a, direct = _vmapped(loss_fn, train, frozen, batch, gplan, spmd_axis_name)
+        loss, g, a, kw, direct = _vmapped(loss_fn, train, frozen, batch, gplan, spmd_axis_name)
     else:
-        loss, g, a, direct = _batched(loss_fn, params, batch, gplan, size)
-    parts = _leaf_parts(gplan, g, a, len(leaves))
+        loss, g, a, kw, direct = _batched(loss_fn, params, batch, gplan, size)
+    parts = _leaf_parts(gplan, g, a, kw, len(leaves))
     for i, d in zip(gplan.fallback, direct, strict=True):
         parts[i] = [ExplicitPart(d)]
     for i, p in enumerate(parts):
@@ -181,4 +187,5 @@ def ghost_engine(
     summed = [
         _clipped(p, plan.leaf_factor(factors, i), keep, leaves[i]) for i, p in enumerate(parts)
     ]
-    return EngineResult(jax.tree.unflatten(treedef, summed), sq_norms, loss, keep)
+    tree = jax.tree.unflatten(treedef, summed)
+    return EngineResult(tree, sq_norms, loss, keep, mixes_rows=bool(gplan.fallback))

@@ -18,7 +18,7 @@ exactly: a subclass may change the math, so its parameters take the fallback too
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -45,7 +45,9 @@ class ExplicitPart(NamedTuple):
 
 
 Parts = dict[str, FactoredPart | ExplicitPart]
-Adapter = Callable[[Any, jax.Array, jax.Array], Parts]
+#: ``adapter(call, a, g, kwargs) -> parts``; ``kwargs`` are the call's keyword arguments
+#: (the array ones as recorded in this pass, the static ones from discovery).
+Adapter = Callable[[Any, jax.Array, jax.Array, Mapping[str, Any]], Parts]
 
 
 def _acc(x: jax.Array) -> jnp.dtype:
@@ -63,8 +65,9 @@ def _trailing_bias(g: jax.Array, k: int) -> ExplicitPart:
     return ExplicitPart(_sum_over(g, range(g.ndim - k, g.ndim)))
 
 
-def dense(call: Any, a: jax.Array, g: jax.Array) -> Parts:
+def dense(call: Any, a: jax.Array, g: jax.Array, kwargs: Mapping[str, Any]) -> Parts:
     """``nn.Dense``: ``y = a @ kernel + bias`` over the last axis."""
+    del kwargs
     b, d, p = a.shape[0], a.shape[-1], g.shape[-1]
     f = Factored(a.reshape(b, -1, 1, d), g.reshape(b, -1, 1, p), d)
     parts: Parts = {"kernel": FactoredPart(f, Layout.matrix((d, p), d))}
@@ -73,8 +76,9 @@ def dense(call: Any, a: jax.Array, g: jax.Array) -> Parts:
     return parts
 
 
-def dense_general(call: Any, a: jax.Array, g: jax.Array) -> Parts:
+def dense_general(call: Any, a: jax.Array, g: jax.Array, kwargs: Mapping[str, Any]) -> Parts:
     """``nn.DenseGeneral``: contracts ``axis`` of ``a`` with the kernel, adds ``features``."""
+    del kwargs
     m = call.module
     if tuple(m.batch_dims):
         return {}
@@ -159,8 +163,9 @@ def conv_patches(module: nn.Conv, x: jax.Array) -> jax.Array:
     return jnp.swapaxes(p, -1, -2).reshape(p.shape[:-2] + (-1,))
 
 
-def conv(call: Any, a: jax.Array, g: jax.Array) -> Parts:
+def conv(call: Any, a: jax.Array, g: jax.Array, kwargs: Mapping[str, Any]) -> Parts:
     """``nn.Conv`` (shared weights, no kernel mask), grouped convolutions included."""
+    del kwargs
     m = call.module
     ks = _kernel_size(m)
     n = len(ks)
@@ -184,22 +189,32 @@ def conv(call: Any, a: jax.Array, g: jax.Array) -> Parts:
     return parts
 
 
-def embed_lookup(call: Any, a: jax.Array, g: jax.Array) -> Parts:
-    """``nn.Embed.__call__``: rows ``ids`` of the table; one-hot left factor kept as ids."""
+def embed_lookup(call: Any, a: jax.Array, g: jax.Array, kwargs: Mapping[str, Any]) -> Parts:
+    """``nn.Embed.__call__``: rows ``ids`` of the table; one-hot left factor kept as ids.
+
+    Ids are read the way the forward pass reads them (``jnp.take``): a negative id ``-k``
+    (``k <= V``) is row ``V - k``, so the equal-token pairs of the norm and the scatter of
+    the sum see the row the forward pass used. Ids outside ``[-V, V)`` make the forward
+    pass return ``nan`` for that row, which is then dropped like any non-finite row.
+    """
+    del kwargs
     v, d, b = call.module.num_embeddings, call.module.features, a.shape[0]
-    f = Factored(a.reshape(b, -1).astype(jnp.int32), g.reshape(b, -1, 1, d), v)
+    ids = a.reshape(b, -1).astype(jnp.int32)
+    ids = jnp.where(ids < 0, ids + v, ids)
+    f = Factored(ids, g.reshape(b, -1, 1, d), v)
     return {"embedding": FactoredPart(f, Layout.matrix((v, d), v))}
 
 
-def embed_attend(call: Any, a: jax.Array, g: jax.Array) -> Parts:
+def embed_attend(call: Any, a: jax.Array, g: jax.Array, kwargs: Mapping[str, Any]) -> Parts:
     """``nn.Embed.attend``: ``y = q @ table.T``, so the table gets ``sum_t g_t (x) q_t``."""
+    del kwargs
     v, d, b = call.module.num_embeddings, call.module.features, a.shape[0]
     f = Factored(g.reshape(b, -1, 1, v), a.reshape(b, -1, 1, d), v)
     return {"embedding": FactoredPart(f, Layout.matrix((v, d), v))}
 
 
 def _norm(feature_axes: Callable[[Any, int], tuple[int, ...]]) -> Adapter:
-    def adapter(call: Any, a: jax.Array, g: jax.Array) -> Parts:
+    def adapter(call: Any, a: jax.Array, g: jax.Array, kwargs: Mapping[str, Any]) -> Parts:
         m = call.module
         feats = tuple(sorted(ax % a.ndim for ax in feature_axes(m, a.ndim)))
         if 0 in feats:
@@ -210,7 +225,8 @@ def _norm(feature_axes: Callable[[Any, int], tuple[int, ...]]) -> Adapter:
             off = {"use_scale": False}
             if hasattr(m, "use_bias"):
                 off["use_bias"] = False
-            xhat = m.clone(parent=None, **off).apply({}, a)
+            # Same keyword arguments as the call itself (a ``mask=`` changes the statistics).
+            xhat = m.clone(parent=None, **off).apply({}, a, **kwargs)
             prod = xhat.astype(_acc(g)) * g.astype(_acc(g))
             parts["scale"] = ExplicitPart(_sum_over(prod, feats))
         if getattr(m, "use_bias", False):

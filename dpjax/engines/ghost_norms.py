@@ -17,7 +17,8 @@ gradients without ever materialising all of them at once:
   (``einsum('btgm,btgn,b->gmn')``) or, for ids, one scatter-add into the table.
 * :class:`Layout` maps the canonical ``[G, m, n]`` matrix back to the parameter's shape.
 
-Norms accumulate in float32 (float64 when the inputs are float64).
+Norms and clipped sums accumulate in float32 (float64 when the inputs are float64), at
+``Precision.HIGHEST``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ __all__ = [
     "prefer_ghost",
     "sq_norm",
 ]
+
+
+#: Norms and clipped sums are contracted at full precision: a TF32 matmul (the GPU
+#: default for float32) would measure one vector and sum a slightly different one.
+_EXACT = jax.lax.Precision.HIGHEST
 
 
 def _acc(*xs: jax.Array) -> jnp.dtype:
@@ -117,7 +123,7 @@ class Layout:
 def pair_grams(u: Factored, v: Factored) -> tuple[jax.Array, jax.Array]:
     """``(L_u . L_v)`` and ``(R_u . R_v)`` over positions: two ``[B, G, T_u, T_v]``."""
     dt = _acc(u.right, v.right)
-    r = jnp.einsum("btgn,bsgn->bgts", u.right, v.right, preferred_element_type=dt)
+    r = jnp.einsum("btgn,bsgn->bgts", u.right, v.right, preferred_element_type=dt, precision=_EXACT)
     if u.is_ids and v.is_ids:
         eq = u.left[:, :, None] == v.left[:, None, :]
         return eq[:, None].astype(dt), r
@@ -128,14 +134,16 @@ def pair_grams(u: Factored, v: Factored) -> tuple[jax.Array, jax.Array]:
         picked = jnp.take_along_axis(dense[:, :, 0, :], idx, axis=2).astype(dt)
         left = jnp.swapaxes(picked, 1, 2) if u.is_ids else picked
         return left[:, None], r
-    left = jnp.einsum("btgm,bsgm->bgts", u.left, v.left, preferred_element_type=dt)
+    left = jnp.einsum(
+        "btgm,bsgm->bgts", u.left, v.left, preferred_element_type=dt, precision=_EXACT
+    )
     return left, r
 
 
 def pair_inner(u: Factored, v: Factored) -> jax.Array:
     """Per-example Frobenius inner product ``<G_u, G_v>``: ``[B]``, by the ghost form."""
     left, right = pair_grams(u, v)
-    return jnp.einsum("bgts,bgts->b", left, right)
+    return jnp.einsum("bgts,bgts->b", left, right, precision=_EXACT)
 
 
 def per_example(f: Factored) -> jax.Array:
@@ -146,7 +154,9 @@ def per_example(f: Factored) -> jax.Array:
         rows = jnp.broadcast_to(jnp.arange(b)[:, None], (b, t))
         out = jnp.zeros((b, f.rows, f.cols), dt).at[rows, f.left].add(f.right[:, :, 0].astype(dt))
         return out[:, None]
-    return jnp.einsum("btgm,btgn->bgmn", f.left, f.right, preferred_element_type=dt)
+    return jnp.einsum(
+        "btgm,btgn->bgmn", f.left, f.right, preferred_element_type=dt, precision=_EXACT
+    )
 
 
 def ghost_cost(factors: Sequence[Factored]) -> int:
@@ -205,20 +215,24 @@ def _rows(keep: jax.Array, x: jax.Array) -> jax.Array:
 
 
 def clipped_sum(factors: Sequence[Factored], c: jax.Array, keep: jax.Array) -> jax.Array:
-    """``sum_i c_i sum_u G_{u,i}`` as ``[G, m, n]``; rows outside ``keep`` add exactly 0."""
+    """``sum_i c_i sum_u G_{u,i}`` as ``[G, m, n]``; rows outside ``keep`` add exactly 0.
+
+    The factors ``c`` and the contraction stay in float32 (float64) whatever the dtype of
+    ``L`` and ``R``: a factor or a sum rounded to bfloat16 can exceed the clip norm.
+    """
     _check_same_shape(factors)
     dt = _acc(*(f.right for f in factors))
+    c = c.astype(dt)
     total = None
     for f in factors:
-        right = _rows(keep, f.right)
+        right = _rows(keep, f.right).astype(dt)
         if f.is_ids:
-            scaled = right[:, :, 0] * c.astype(right.dtype)[:, None, None]
-            flat = scaled.reshape(-1, f.cols).astype(dt)
+            scaled = right[:, :, 0] * c[:, None, None]
+            flat = scaled.reshape(-1, f.cols)
             part = jnp.zeros((f.rows, f.cols), dt).at[f.left.reshape(-1)].add(flat)[None]
         else:
-            left = _rows(keep, f.left)
-            cc = c.astype(jnp.promote_types(left.dtype, right.dtype))
-            part = jnp.einsum("btgm,btgn,b->gmn", left, right, cc, preferred_element_type=dt)
+            left = _rows(keep, f.left).astype(dt)
+            part = jnp.einsum("btgm,btgn,b->gmn", left, right, c, precision=_EXACT)
         total = part if total is None else total + part
     return total
 
@@ -231,5 +245,6 @@ def explicit_sq_norm(x: jax.Array) -> jax.Array:
 
 def explicit_clipped_sum(x: jax.Array, c: jax.Array, keep: jax.Array) -> jax.Array:
     """``sum_i c_i x_i`` by one contraction; rows outside ``keep`` add exactly 0."""
-    x = _rows(keep, x)
-    return jnp.einsum("b,b...->...", c.astype(x.dtype), x, preferred_element_type=_acc(x))
+    dt = _acc(x)
+    x = _rows(keep, x).astype(dt)
+    return jnp.einsum("b,b...->...", c.astype(dt), x, precision=_EXACT)

@@ -10,7 +10,8 @@ A trainable leaf is *covered* when every discovered call that uses it is
   that handles this parameter for this call.
 
 Every other trainable leaf (a ``cls`` token or position embedding added to activations,
-an ``nn.Einsum`` kernel, a leaf used inside ``nn.scan``, a subclass of a known layer) is
+an ``nn.Einsum`` kernel, a leaf used inside ``nn.scan``, a subclass of a known layer, a
+leaf also read outside its layer calls, see :mod:`dpjax.engines.reads`) is
 a *fallback* leaf: the engine takes its exact per-example gradient in the same pass
 (``vmap`` over examples of ``grad`` with respect to the taps and those leaves). No leaf
 is skipped.
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 
 from dpjax.engines import taps as taps_lib
 from dpjax.engines.ghost_layers import adapter_for
+from dpjax.engines.reads import read_outside
 from dpjax.partition import Path, path_to_str
 
 __all__ = ["GhostPlan", "Use", "make_ghost_plan"]
@@ -73,14 +75,14 @@ def _structs(batch: Any, size: int) -> Any:
 def _adapter_names(call: taps_lib.LayerCall) -> set[str]:
     """Parameter names the adapter handles for this call (decided by tracing it on shapes)."""
     adapter = adapter_for(call.module_type, call.method)
-    if adapter is None:
+    if adapter is None or call.extra_args:  # adapters know the single-input signatures
         return set()
     names: set[str] = set()
     ids = call.module_type is nn.Embed and call.method == "__call__"
     in_dtype = jnp.int32 if ids else jnp.float32
 
     def probe(a: jax.Array, g: jax.Array) -> jax.Array:
-        names.update(adapter(call, a, g))
+        names.update(adapter(call, a, g, dict(call.static_kwargs)))
         return jnp.zeros(())
 
     jax.eval_shape(
@@ -151,6 +153,12 @@ def make_ghost_plan(
                 continue
             uses.append(Use(call.key, leaf, name))
     covered = {u.leaf for u in uses} - set(blocked)
+    outside = read_outside(
+        loss_fn, params, _structs(batch, 1), [train_paths[i] for i in sorted(covered)]
+    )
+    for p in outside:
+        blocked[index[p]] = "also read outside its layer calls"
+    covered -= {index[p] for p in outside}
     reasons = dict(blocked)
     for i in range(len(train_paths)):
         if i not in covered:

@@ -50,6 +50,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import numpy as np
 from flax.core import tracers as flax_tracers
 
 from dpjax.partition import Path, leaf_paths, path_to_str
@@ -125,6 +126,11 @@ class LayerCall:
       method: ``"__call__"`` or another registered method such as ``"attend"``.
       call_index: 0 for the first call of this module and method, 1 for the next, ...
       input_shape: shape of the first positional argument.
+      extra_args: the call had positional arguments after the first.
+      static_kwargs: ``((name, value), ...)`` keyword arguments that are not arrays
+        (``None`` values left out); adapters re-apply them.
+      array_kwargs: names of the keyword arguments that are arrays (e.g. a norm layer's
+        ``mask=``); :func:`tapped_loss` records their values with the inputs.
       output_shape: shape of the returned array.
       output_dtype: dtype of the returned array.
       module: an unbound clone of the module (read ``features``, ``use_bias``, ...).
@@ -147,6 +153,9 @@ class LayerCall:
     output_shape: tuple[int, ...]
     output_dtype: Any
     module: Any = dataclasses.field(compare=False, repr=False)
+    extra_args: bool = False
+    static_kwargs: tuple[tuple[str, Any], ...] = dataclasses.field(default=(), compare=False)
+    array_kwargs: tuple[str, ...] = ()
     params: tuple[tuple[str, tuple[int, ...]], ...] = ()
     param_paths: tuple[tuple[str, Path | None], ...] = ()
     lifted: bool = False
@@ -232,6 +241,7 @@ def _interceptor(next_fun: Callable[..., Any], args: Any, kwargs: Any, context: 
         state["seen"].add(key)
     if state["record_inputs"] and key in taps:
         state["inputs"][key] = args[0]
+        state["kwargs"][key] = {k: v for k, v in kwargs.items() if _is_array(v)}
     if state["calls"] is not None:
         own = _own_params(module)
         ids = state["ids"]
@@ -243,6 +253,11 @@ def _interceptor(next_fun: Callable[..., Any], args: Any, kwargs: Any, context: 
                 method=method,
                 call_index=index,
                 input_shape=tuple(jax.numpy.shape(args[0])) if args else (),
+                extra_args=len(args) > 1,
+                static_kwargs=tuple(
+                    (k, v) for k, v in sorted(kwargs.items()) if not _is_array(v) and v is not None
+                ),
+                array_kwargs=tuple(sorted(k for k, v in kwargs.items() if _is_array(v))),
                 output_shape=tuple(out.shape),
                 output_dtype=out.dtype,
                 module=module.clone(parent=None),
@@ -254,6 +269,10 @@ def _interceptor(next_fun: Callable[..., Any], args: Any, kwargs: Any, context: 
     return out
 
 
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray))
+
+
 def _new_state(taps: Mapping[str, jax.Array], record_inputs: bool) -> dict[str, Any]:
     return {
         "counts": {},
@@ -261,6 +280,7 @@ def _new_state(taps: Mapping[str, jax.Array], record_inputs: bool) -> dict[str, 
         "seen": set(),
         "record_inputs": record_inputs,
         "inputs": {},
+        "kwargs": {},
         "calls": None,
         "ids": {},
         "trace": flax_tracers.current_trace(),
@@ -299,7 +319,8 @@ def tapped_loss(
     taps: Mapping[str, jax.Array],
     *,
     record_inputs: bool = False,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
+    record_kwargs: bool = False,
+) -> Any:
     """Runs ``loss_fn`` with ``taps[call.key]`` added to the output of each tapped call.
 
     Args:
@@ -309,21 +330,27 @@ def tapped_loss(
       taps: ``{key: array}``; each array broadcasts to (and never enlarges) the output of
         its call, e.g. ``(B, 1, ..., 1, p)`` for a bias or the full output shape.
       record_inputs: also return the first positional input of every tapped call.
+      record_kwargs: also return the array keyword arguments of every tapped call
+        (``{key: {name: array}}``, e.g. a norm layer's ``mask=``).
 
     Returns:
       ``(per-example loss [B], {key: input array})`` (the dict is empty without
-      ``record_inputs``).
+      ``record_inputs``), and a third item ``{key: {name: array}}`` with
+      ``record_kwargs``.
 
     Raises:
       TapError: a key in ``taps`` was not called, or belongs to a lifted call.
     """
-    state = _new_state(taps, record_inputs)
+    state = _new_state(taps, record_inputs or record_kwargs)
     with _intercepting(state):
         loss = loss_fn(params, batch)
     missing = sorted(set(taps) - state["seen"])
     if missing:
         raise TapError(f"taps for calls that did not happen in this forward pass: {missing}")
-    return loss, state["inputs"]
+    inputs = state["inputs"] if record_inputs else {}
+    if record_kwargs:
+        return loss, inputs, state["kwargs"]
+    return loss, inputs
 
 
 def resolve(params: Any, call: LayerCall, name: str) -> Path | None:

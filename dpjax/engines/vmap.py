@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dpjax.clip_rules import ClipPlan, norm_dtype
+from dpjax.clip_rules import ClipPlan, norm_dtype, sum_dtype
 from dpjax.engines import register_engine
 from dpjax.engines.base import EngineResult
 from dpjax.partition import combine
@@ -43,7 +43,10 @@ def per_example_grads(
 
 
 def clip_and_sum(per_example: Any, plan: ClipPlan, mask: jax.Array) -> EngineResult:
-    """Clips per-example gradients (leading axis ``B``) by the plan and sums them."""
+    """Clips per-example gradients (leading axis ``B``) by the plan and sums them.
+
+    The sums are float32 (float64 for float64 gradients) whatever the gradients' dtype.
+    """
     leaves, treedef = jax.tree.flatten(per_example)
     sq = [
         jnp.sum(jnp.square(g.astype(norm_dtype(g.dtype))).reshape(g.shape[0], -1), axis=1)
@@ -53,10 +56,13 @@ def clip_and_sum(per_example: Any, plan: ClipPlan, mask: jax.Array) -> EngineRes
     factors, keep = plan.factors(sq_norms, mask)
     summed = []
     for i, g in enumerate(leaves):
-        c = plan.leaf_factor(factors, i).astype(g.dtype)
+        # Factors stay float32 and the contraction runs in float32 (float64): a factor
+        # rounded to bfloat16 could scale a gradient to more than C.
+        dt = sum_dtype(g.dtype)
+        c = plan.leaf_factor(factors, i).astype(dt)
         safe = jnp.where(keep.reshape((-1,) + (1,) * (g.ndim - 1)), g, jnp.zeros((), g.dtype))
-        total = jnp.einsum("b,b...->...", c, safe, preferred_element_type=norm_dtype(g.dtype))
-        summed.append(total.astype(g.dtype))
+        exact = jax.lax.Precision.HIGHEST  # no TF32 rounding of what was measured
+        summed.append(jnp.einsum("b,b...->...", c, safe.astype(dt), precision=exact))
     return EngineResult(jax.tree.unflatten(treedef, summed), sq_norms, None, keep)
 
 
@@ -73,4 +79,4 @@ def vmap_engine(
     """Clipped sum from explicit per-example gradients (the reference engine)."""
     loss, grads = per_example_grads(loss_fn, train, frozen, batch, spmd_axis_name)
     result = clip_and_sum(grads, plan, batch["mask"])
-    return result._replace(loss=loss)
+    return result._replace(loss=loss, mixes_rows=True)

@@ -21,7 +21,7 @@ steps at q = 0.05 moves the training noise multiplier from 0.57442 to 0.57450.
 Example:
     >>> import numpy as np
     >>> feats = np.ones((100, 3)) / np.sqrt(3)
-    >>> mean, seg = private_mean(lambda idx: feats[idx], 100, noise_multiplier=0.0, seed=0)
+    >>> mean, seg = private_mean(lambda idx: feats[idx], 100, noise_multiplier=0.0)
     >>> np.allclose(mean, feats[0]), seg.noise_multiplier, seg.sampling_rate
     (True, 0.0, 1.0)
 """
@@ -37,17 +37,13 @@ from dpjax.ledger import Segment, check_int, check_real
 
 __all__ = ["private_mean"]
 
-#: Mixed into ``seed`` so the mean's noise is its own stream, never one a caller's seed
-#: also drives elsewhere (e.g. the head's initialisation from the same ``init_seed``).
-_NOISE_STREAM = 0x6D65616E
-
 
 def private_mean(
     features: Callable[[np.ndarray], np.ndarray],
     n: int,
     *,
     noise_multiplier: float,
-    seed: int,
+    rng: np.random.Generator | None = None,
     batch_size: int = 256,
     progress: bool = True,
 ) -> tuple[np.ndarray, Segment]:
@@ -59,8 +55,10 @@ def private_mean(
       noise_multiplier: sigma, the noise std on the sum (its sensitivity is 1); 0 gives
         the exact mean of the clipped features (only for non-private runs: a private
         trainer refuses a segment without noise).
-      seed: seed of the noise (numpy ``default_rng`` on its own stream), so reruns and
-        resumes agree; keep it secret like the trainer's noise seed.
+      rng: the generator of the noise. It must be secret: ``None`` (default) draws a
+        fresh one from OS entropy; the trainer passes its run's secret stream
+        (``RunSecrets.numpy_rng("task/feature_mean")``) so that a resumed run releases
+        the same mean instead of a second one. Never seed it from a published number.
       batch_size: rows per ``features`` call.
       progress: show a tqdm bar.
 
@@ -86,5 +84,7 @@ def private_mean(
         norms = np.linalg.norm(f, axis=1, keepdims=True)
         clipped = f * np.minimum(1.0, 1.0 / np.maximum(norms, 1e-30))
         total = clipped.sum(0) if total is None else total + clipped.sum(0)
-    noise = np.random.default_rng((seed, _NOISE_STREAM)).normal(size=total.shape) * sigma
+    if rng is None:
+        rng = np.random.default_rng()  # OS entropy
+    noise = rng.normal(size=total.shape) * sigma
     return (total + noise) / n, Segment(sigma, 1.0, 1)

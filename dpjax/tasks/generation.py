@@ -24,7 +24,14 @@ import numpy as np
 from dpjax.data import metrics, table2text
 from dpjax.data.losses import lm_loss
 from dpjax.models import beam_search, greedy_generate
-from dpjax.tasks.loading import cfg_get, limit, load_model, load_tokenizer, maybe_mock_tfds
+from dpjax.tasks.loading import (
+    cfg_get,
+    limit,
+    load_model,
+    load_tokenizer,
+    maybe_mock_tfds,
+    vocab_sizes,
+)
 from dpjax.training.task import Task
 
 __all__ = ["build", "decode_texts", "left_pad", "make_generation_eval"]
@@ -140,5 +147,6 @@ def build(cfg: Any) -> Task:
         eval_fn=eval_fn,
         generation_eval=hook,
         trainable_extra=None,
+        vocab_sizes=vocab_sizes(model),
         name=f"{dataset}-gpt2",
     )

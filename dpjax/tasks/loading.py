@@ -168,6 +168,16 @@ def load_model(
     return module, params
 
 
+def vocab_sizes(module: Any, field: str = "input_ids") -> dict[str, int]:
+    """``{field: V}`` for :attr:`dpjax.training.Task.vocab_sizes` from a text model's config
+    (``module.config.vocab_size``, or its ``encoder``'s); empty when it has none."""
+    for owner in (module, getattr(module, "encoder", None)):
+        size = getattr(getattr(owner, "config", None), "vocab_size", None)
+        if isinstance(size, int):
+            return {field: size}
+    return {}
+
+
 def limit(dataset: Any, count: int | None) -> Any:
     """The first ``count`` rows of an ``ArrayDataset`` (all rows when ``count`` is falsy)."""
     if not count or count >= len(dataset):

@@ -40,8 +40,16 @@ import dpjax
 from dpjax.data import glue, offline
 from dpjax.data.losses import classification_loss
 from dpjax.data.text_classification import TextConfig
+from dpjax.randomness import RunSecrets
 from dpjax.tasks.feature_mean import private_mean
-from dpjax.tasks.loading import cfg_get, limit, load_model, load_tokenizer, maybe_mock_tfds
+from dpjax.tasks.loading import (
+    cfg_get,
+    limit,
+    load_model,
+    load_tokenizer,
+    maybe_mock_tfds,
+    vocab_sizes,
+)
 from dpjax.tasks.text_models import MeanPoolClassifier, mask_label_logits
 from dpjax.training.task import Task
 
@@ -77,8 +85,11 @@ def load_splits(cfg: Any, tokenizer: Any) -> tuple[Any, Any]:
     return limit(train, cfg_get(cfg, "train_limit")), limit(test, cfg_get(cfg, "eval_limit"))
 
 
-def _logits_fn(cfg: Any, tokenizer: Any, train: Any) -> tuple[Any, Any, Any, tuple]:
-    """``(params, logits(params, batch) -> [B, C], trainable_extra, prior_privacy)``."""
+def _logits_fn(
+    cfg: Any, tokenizer: Any, train: Any, rng: np.random.Generator | None
+) -> tuple[Any, Any, Any, tuple, dict]:
+    """``(params, logits(params, batch) -> [B, C], trainable_extra, prior_privacy,
+    vocab_sizes)``; ``rng`` draws the noise of the released feature mean."""
     fmt = cfg_get(cfg, "format", "prompt")
     classes = int(train.num_classes)
     example = train.take(np.zeros(1, np.int64))["input_ids"]
@@ -92,7 +103,7 @@ def _logits_fn(cfg: Any, tokenizer: Any, train: Any) -> tuple[Any, Any, Any, tup
                 batch["mask_position"], words, method=mask_label_logits,
             )  # fmt: skip
 
-        return params, logits, None, ()
+        return params, logits, None, (), vocab_sizes(model)
     pooling = cfg_get(cfg, "pooling", "cls")
     if pooling == "cls":
         model, params = load_model(
@@ -103,7 +114,7 @@ def _logits_fn(cfg: Any, tokenizer: Any, train: Any) -> tuple[Any, Any, Any, tup
         def logits(params: Any, batch: Any) -> Any:
             return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"])
 
-        return params, logits, extra, ()
+        return params, logits, extra, (), vocab_sizes(model)
     if pooling != "mean":
         raise ValueError(f"task.pooling must be 'cls' or 'mean', got {pooling!r}")
     encoder, encoder_params = load_model(cfg, None, classes, tokenizer=tokenizer, example=example)
@@ -117,16 +128,16 @@ def _logits_fn(cfg: Any, tokenizer: Any, train: Any) -> tuple[Any, Any, Any, tup
     seed = int(cfg_get(cfg, "init_seed", 0))
     params = dict(model.init(jax.random.key(seed), jnp.asarray(example), ones)["params"])
     params["encoder"] = encoder_params
-    center, prior = _center(cfg, model, params, train, seed)
+    center, prior = _center(cfg, model, params, train, rng)
 
     def logits(params: Any, batch: Any) -> Any:
         return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], center)
 
-    return params, logits, dpjax.named("classifier"), prior
+    return params, logits, dpjax.named("classifier"), prior, vocab_sizes(encoder)
 
 
 def _center(
-    cfg: Any, model: MeanPoolClassifier, params: Any, train: Any, seed: int
+    cfg: Any, model: MeanPoolClassifier, params: Any, train: Any, rng: np.random.Generator | None
 ) -> tuple[Any, tuple]:
     """``task.center``: the private mean of the pretrained pooled training features."""
     if not cfg_get(cfg, "center", False):
@@ -138,15 +149,21 @@ def _center(
         batch = train.take(idx)
         return np.asarray(pool(params, batch["input_ids"], batch["attention_mask"]))
 
-    mean, segment = private_mean(features, len(train), noise_multiplier=sigma, seed=seed)
+    mean, segment = private_mean(features, len(train), noise_multiplier=sigma, rng=rng)
     return jnp.asarray(mean, jnp.float32), (segment,)
 
 
-def build(cfg: Any) -> Task:
-    """The text-classification :class:`~dpjax.training.task.Task` of ``cfg`` (``task.*``)."""
+def build(cfg: Any, secrets: RunSecrets | None = None) -> Task:
+    """The text-classification :class:`~dpjax.training.task.Task` of ``cfg`` (``task.*``).
+
+    ``secrets``: the private run's secrets (the trainer passes them); the noise of the
+    released feature mean is drawn from their ``"task/feature_mean"`` stream, else from
+    fresh OS entropy.
+    """
     tokenizer = load_tokenizer(cfg)
     train, test = load_splits(cfg, tokenizer)
-    params, logits, extra, prior = _logits_fn(cfg, tokenizer, train)
+    rng = None if secrets is None else secrets.numpy_rng("task/feature_mean")
+    params, logits, extra, prior, vocab = _logits_fn(cfg, tokenizer, train, rng)
 
     def loss_fn(params: Any, batch: Any) -> Any:
         return classification_loss(logits(params, batch), batch["label"])
@@ -164,5 +181,6 @@ def build(cfg: Any) -> Task:
         eval_fn=eval_fn,
         trainable_extra=extra,
         prior_privacy=prior,
+        vocab_sizes=vocab,
         name=f"{cfg_get(cfg, 'dataset')}-{cfg_get(cfg, 'format', 'prompt')}",
     )

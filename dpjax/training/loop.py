@@ -6,6 +6,11 @@ are accumulated on device; one jitted ``apply`` adds the noise once and runs the
 optimizer; the ledger records one DP event. Logging, evaluation and checkpoints run on
 their schedules, and a run resumed from its workdir continues step count and epsilon.
 
+A private run's noise keys and sampler seed derive from one :class:`RunSecrets`
+(OS entropy unless ``privacy.noise_seed`` is given), kept in the checkpoint and never
+written anywhere else; what the run writes follows :mod:`dpjax.training.release`. A run
+that fails after training saves a checkpoint and a ``results.json`` naming the failure.
+
 Example:
     >>> from experiments.configs import toy  # doctest: +SKIP
     >>> results = train(toy.get_config("smoke"), "/tmp/toy-run")  # doctest: +SKIP
@@ -28,10 +33,12 @@ import tqdm
 
 from dpjax.accounting import PrivacyLedger
 from dpjax.data.sampling import FixedSizeSampler, PoissonSampler, host_slice
+from dpjax.randomness import RunSecrets
+from dpjax.training import release
 from dpjax.training.checkpoint import Checkpointer, CheckpointError, fingerprint
 from dpjax.training.evaluation import Evaluator
 from dpjax.training.metrics import MetricWriter
-from dpjax.training.optimizer import make_optimizer
+from dpjax.training.optimizer import make_optimizer, make_schedule
 from dpjax.training.plan import RunPlan, make_plan
 from dpjax.training.settings import ConfigError, TrainSettings
 from dpjax.training.sharding import (
@@ -59,8 +66,14 @@ def _config_dict(config: Any) -> dict[str, Any]:
     return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
 
-def make_sampler(settings: TrainSettings, n: int) -> PoissonSampler | FixedSizeSampler:
-    """The sampler of the run (Poisson unless ``config.sampler == "fixed"``)."""
+def make_sampler(
+    settings: TrainSettings, n: int, seed: int | None = None
+) -> PoissonSampler | FixedSizeSampler:
+    """The sampler of the run (Poisson unless ``config.sampler == "fixed"``).
+
+    ``seed`` defaults to ``config.seed`` (public); private runs pass their secret one.
+    """
+    seed = settings.seed if seed is None else seed
     if settings.batch_size > n:
         raise ConfigError(
             f"config.batch_size={settings.batch_size} exceeds the {n} training examples"
@@ -70,13 +83,13 @@ def make_sampler(settings: TrainSettings, n: int) -> PoissonSampler | FixedSizeS
             n,
             expected_batch_size=settings.batch_size,
             physical_batch_size=settings.physical_batch_size,
-            seed=settings.seed,
+            seed=seed,
         )
     return FixedSizeSampler(
         n,
         batch_size=settings.batch_size,
         physical_batch_size=settings.physical_batch_size,
-        seed=settings.seed,
+        seed=seed,
     )
 
 
@@ -115,21 +128,60 @@ class Trainer:
         self.settings = TrainSettings.from_config(config)
         self.config = _config_dict(config)
         self.workdir = os.path.abspath(workdir)
-        self.task = task if task is not None else build_task(config.task)
         s = self.settings
+        #: The run's secret (``None`` for non-private runs): never logged or written
+        #: anywhere but the checkpoint.
+        self.secrets: RunSecrets | None = self._run_secrets() if s.private else None
+        self.task = task if task is not None else build_task(config.task, secrets=self.secrets)
         self.mesh = make_mesh(s.mesh, devices)
         self.eval_batch_size = s.eval_batch_size or s.physical_batch_size
         procs = jax.process_count()
         _check_divisible("physical_batch_size", s.physical_batch_size, self.mesh.shape[DATA], procs)
         _check_divisible("eval_batch_size", self.eval_batch_size, self.mesh.shape[DATA], procs)
-        self.sampler = make_sampler(s, self.task.num_train)
+        sampler_seed = None if self.secrets is None else self.secrets.seed("sampler")
+        self.sampler = make_sampler(s, self.task.num_train, seed=sampler_seed)
         self.plan: RunPlan = make_plan(
             s, self.sampler, self.task.trainable_extra, self.task.prior_privacy
         )
-        self.base_key = jax.random.key(s.seed)
         self._fns: _PhaseFns | None = None
         self._add = jax.jit(add_micro, donate_argnums=0)
         self.is_main = jax.process_index() == 0
+
+    # ------------------------------------------------------------------ secrets
+    def _checkpointer(self) -> Checkpointer:
+        return Checkpointer(
+            os.path.join(self.workdir, "checkpoints"),
+            keep=self.settings.keep_checkpoints,
+            fingerprint=fingerprint(self.config),
+        )
+
+    def _run_secrets(self) -> RunSecrets:
+        """The checkpoint's secret when resuming; else the user's seed or OS entropy."""
+        directory = os.path.join(self.workdir, "checkpoints")
+        if os.path.isdir(directory):
+            ckpt = self._checkpointer()
+            try:
+                latest = ckpt.latest_step()
+                meta = ckpt.read_meta(latest) if latest is not None else {}
+            finally:
+                ckpt.close()
+            if meta.get("fingerprint") == fingerprint(self.config) and "secrets" in meta:
+                return RunSecrets.from_checkpoint(meta["secrets"])
+        seed = self.settings.privacy.noise_seed
+        if seed is not None:
+            log.warning(
+                "privacy.noise_seed is set: the noise and the batches of this run are "
+                "reproducible from the config and NOT secret (results.json says so); leave "
+                "it unset for a private release"
+            )
+            return RunSecrets.from_seed(seed)
+        return RunSecrets.draw().broadcast()
+
+    def noise_key(self, index: int) -> jax.Array:
+        """The noise key of phase ``index`` (a secret stream in private runs)."""
+        if self.secrets is None:  # non-private: the noise multiplier is 0
+            return jax.random.fold_in(jax.random.key(self.settings.seed), index)
+        return self.secrets.key(f"noise/phase{index}")
 
     # ------------------------------------------------------------------ pieces
     def phase_fns(self, index: int) -> _PhaseFns:
@@ -144,7 +196,7 @@ class Trainer:
             noise_multiplier=plan.noise_multiplier if phase.private else 0.0,
             l2_clip=plan.l2_clip,
             expected_batch_size=plan.expected_batch_size,
-            key=jax.random.fold_in(self.base_key, index),
+            key=self.noise_key(index),
         )
         micro = make_micro_step(
             self.task.loss_fn,
@@ -154,6 +206,7 @@ class Trainer:
             clip_fn=priv.clip_fn,
             gamma=priv.gamma,
             spmd_axis_name=DATA,
+            loss_clip=priv.loss_clip if plan.loss_noise_multiplier is not None else None,
         )
         self._fns = _PhaseFns(index, jax.jit(micro), jax.jit(make_apply(tx), donate_argnums=0), tx)
         return self._fns
@@ -179,6 +232,7 @@ class Trainer:
         local_idx, local_mask = host_slice(indices, mask, jax.process_index(), jax.process_count())
         local = dict(self.task.train_data.take(local_idx, local_mask))
         local["mask"] = np.asarray(local["mask"], bool) & local_mask
+        self.task.check_token_ids(local, local_idx)
         return global_batch(local, self.mesh, len(indices))
 
     def logical_step(self, state: TrainState, step: int) -> tuple[TrainState, Any]:
@@ -192,14 +246,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ run
     def run(self, hooks: Sequence[Hook] = (), progress: bool = True) -> dict[str, Any]:
-        """Trains (resuming from the workdir's checkpoint if any); returns the results."""
+        """Trains (resuming from the workdir's checkpoint if any); returns the results.
+
+        If training fails after a step was trained in this call, the last completed
+        state is checkpointed (when state and ledger agree) and ``results.json`` is
+        written with the steps done and ``"failure"`` before the error propagates.
+        """
         start_time = time.time()
         s, plan = self.settings, self.plan
-        ckpt = Checkpointer(
-            os.path.join(self.workdir, "checkpoints"),
-            keep=s.keep_checkpoints,
-            fingerprint=fingerprint(self.config),
-        )
+        ckpt = self._checkpointer()
         state, ledger, phase = self._resume_or_init(ckpt)
         start = int(to_host(state.step))
         stop = plan.last_step_within_budget(ledger)
@@ -212,6 +267,8 @@ class Trainer:
                 f"{s.privacy.max_epsilon} (delta={plan.delta:g})"
             )
             log.warning(stopped)
+        if plan.private and s.privacy.log_private_diagnostics:
+            log.warning(release.PRIVATE_DIAGNOSTICS_WARNING)
         evaluator = (
             Evaluator(self.task.eval_fn, self.task.eval_data, self.eval_batch_size, self.mesh)
             if self.task.eval_data
@@ -222,7 +279,7 @@ class Trainer:
             total=stop, initial=start, disable=not (progress and self.is_main), desc="train"
         )
         eval_metrics: dict[str, float] = {}
-        eps = plan.epsilon(ledger)
+        done = start
         try:
             for step in range(start, stop):
                 index = plan.phase_index(step)
@@ -235,19 +292,12 @@ class Trainer:
                         shardings=self._opt_shardings,
                     )
                     state, phase = self._place_step(state, step), index
-                state, stats = self.logical_step(state, step)
+                new_state, stats = self.logical_step(state, step)
                 plan.record(ledger)
-                done = step + 1
+                state, done = new_state, step + 1
                 last = done == stop
                 if done % s.log_every == 0 or last:
-                    eps = plan.epsilon(ledger)
-                    row = {f"train/{k}": v for k, v in stats.summary().items()}
-                    row["train/epsilon"] = eps if eps is not None else float("nan")
-                    row["train/phase"] = phase
-                    writer.write(done, row)
-                    bar.set_postfix(
-                        loss=f"{row['train/loss']:.4f}", eps="-" if eps is None else f"{eps:.3f}"
-                    )
+                    self._log(writer, bar, stats, ledger, done, phase)
                 bar.update(1)
                 if evaluator is not None and s.eval_every and done % s.eval_every == 0 and not last:
                     eval_metrics = self.evaluate(state, evaluator, done, writer)
@@ -259,17 +309,76 @@ class Trainer:
                 self._save(ckpt, state, phase, ledger)
             if evaluator is not None or self.task.generation_eval is not None:
                 eval_metrics = self.evaluate(state, evaluator, stop, writer)
+        except BaseException as e:
+            if done > start:
+                self._salvage(ckpt, state, phase, ledger, done, e, eval_metrics, start_time)
+            raise
         finally:
             bar.close()
             writer.close()
             ckpt.close()
         results = self._results(ledger, stop, stopped, eval_metrics, time.time() - start_time)
+        self._write_results(results)
+        self.state = state
+        return results
+
+    def _log(
+        self, writer: MetricWriter, bar: Any, stats: Any, ledger: Any, done: int, phase: int
+    ) -> None:
+        """Writes the ``train/*`` row of step ``done`` under the diagnostics policy."""
+        plan, s = self.plan, self.settings
+        p = plan.phases[phase]
+        lr = make_schedule(s.optimizer, p.lr, p.steps)(max(done - 1 - p.start, 0))
+        released = None
+        if plan.releases_loss(done):
+            clip, sigma = s.privacy.loss_clip, plan.loss_noise_multiplier
+            noise = self.secrets.numpy_rng(f"loss/{done}").standard_normal() * sigma * clip
+            released = (float(to_host(stats.clipped_loss_sum)) + noise) / plan.expected_batch_size
+        row = release.metrics_row(
+            stats,
+            private=plan.private,
+            log_private=s.privacy.log_private_diagnostics,
+            epsilon=plan.epsilon(ledger),
+            lr=float(lr),
+            phase=phase,
+            released_loss=released,
+        )
+        writer.write(done, row)
+        bar.set_postfix(release.postfix(row, plan.private))
+
+    def _salvage(
+        self,
+        ckpt: Checkpointer,
+        state: TrainState,
+        phase: int,
+        ledger: Any,
+        done: int,
+        error: BaseException,
+        evals: dict,
+        start_time: float,
+    ) -> None:
+        """After a failure: checkpoint what was trained and write a partial results.json."""
+        failure = f"{type(error).__name__}: {error}"
+        try:
+            consistent = not self.plan.private or ledger.steps == done
+            if consistent and int(to_host(state.step)) == done:
+                self._save(ckpt, state, phase, ledger)
+            else:
+                log.error("not checkpointing after the failure: state and ledger disagree")
+        except Exception as save_error:  # noqa: BLE001 - report the original failure
+            log.error("could not checkpoint after the failure: %s", save_error)
+        try:
+            results = self._results(ledger, done, None, evals, time.time() - start_time)
+            results["failure"] = failure
+            self._write_results(results)
+        except Exception as write_error:  # noqa: BLE001
+            log.error("could not write results.json after the failure: %s", write_error)
+
+    def _write_results(self, results: dict[str, Any]) -> None:
         if self.is_main:
             path = os.path.join(self.workdir, "results.json")
             with open(path, "w", encoding="utf-8") as f:
                 json.dump(results, f, indent=2, default=repr)
-        self.state = state
-        return results
 
     def evaluate(
         self, state: TrainState, evaluator: Evaluator | None, step: int, writer: MetricWriter
@@ -285,7 +394,8 @@ class Trainer:
     def _save(self, ckpt: Checkpointer, state: TrainState, phase: int, ledger: Any) -> None:
         sampler = self.sampler.state_dict()
         sampler["next_step"] = int(to_host(state.step))
-        ckpt.save(state, phase=phase, ledger=ledger.to_dict(), sampler=sampler)
+        extra = {} if self.secrets is None else {"secrets": self.secrets.to_checkpoint()}
+        ckpt.save(state, phase=phase, ledger=ledger.to_dict(), sampler=sampler, **extra)
 
     def _resume_or_init(self, ckpt: Checkpointer) -> tuple[TrainState, PrivacyLedger, int]:
         latest = ckpt.latest_step()
@@ -316,12 +426,22 @@ class Trainer:
         self, ledger: Any, steps: int, stopped: str | None, evals: dict, wall: float
     ) -> dict[str, Any]:
         plan = self.plan
+        privacy = {}
+        if plan.private:
+            privacy["noise_seed"] = self.secrets.describe()
+            if plan.loss_noise_multiplier is not None:
+                privacy["loss_release"] = {
+                    "noise_multiplier": plan.loss_noise_multiplier,
+                    "loss_clip": self.settings.privacy.loss_clip,
+                    "log_every": plan.log_every,
+                }
         return {
             "method": self.settings.method,
             "private": plan.private,
             "epsilon": plan.epsilon(ledger),
             "delta": plan.delta,
             "noise_multiplier": plan.noise_multiplier,
+            **privacy,
             "accountant": plan.accountant,
             "sampling": plan.sampling,
             "expected_batch_size": plan.expected_batch_size,
@@ -337,7 +457,7 @@ class Trainer:
             "eval": evals,
             "wall_time_s": wall,
             "devices": {"mesh": dict(self.mesh.shape), "processes": jax.process_count()},
-            "config": self.config,
+            "config": release.redact_config(self.config),
         }
 
 

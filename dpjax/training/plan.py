@@ -100,6 +100,11 @@ class RunPlan:
       expected_batch_size: public normaliser of the noisy sum.
       prior: privacy the task spent on the training data before step 0
         (:attr:`Task.prior_privacy`), composed into every epsilon of the run.
+      loss_noise_multiplier: ``s`` of the released loss (``None``: no loss released).
+        A step that releases it is recorded with
+        :func:`~dpjax.accounting.joint_noise_multiplier` of ``(sigma, s)``.
+      log_every: the logging period; the loss is released after steps ``k * log_every``
+        and after the last planned step.
     """
 
     phases: tuple[Phase, ...]
@@ -111,6 +116,8 @@ class RunPlan:
     l2_clip: float
     expected_batch_size: float
     prior: tuple[accounting.Segment, ...] = ()
+    loss_noise_multiplier: float | None = None
+    log_every: int = 1
 
     @property
     def total_steps(self) -> int:
@@ -127,10 +134,43 @@ class RunPlan:
                 return i
         return len(self.phases) - 1
 
-    def record(self, ledger: accounting.PrivacyLedger, steps: int = 1) -> None:
-        """Records ``steps`` DP steps in ``ledger`` (no-op for non-private runs)."""
+    def releases_loss(self, done: int) -> bool:
+        """Whether the step that brings the count to ``done`` releases the noisy loss."""
+        if not self.private or self.loss_noise_multiplier is None:
+            return False
+        return done % self.log_every == 0 or done == self.total_steps
+
+    def step_noise_multiplier(self, done: int) -> float:
+        """The noise multiplier the ledger records for the step ending at ``done``."""
+        if self.releases_loss(done):
+            return accounting.joint_noise_multiplier(
+                self.noise_multiplier, self.loss_noise_multiplier
+            )
+        return self.noise_multiplier
+
+    def record(self, ledger: accounting.PrivacyLedger) -> None:
+        """Records the next DP step in ``ledger`` (no-op for non-private runs)."""
         if self.private:
-            ledger.record(steps, noise_multiplier=self.noise_multiplier, **self.sampling)
+            sigma = self.step_noise_multiplier(ledger.steps + 1)
+            ledger.record(1, noise_multiplier=sigma, **self.sampling)
+
+    def segments(self, sigma: float, start: int, stop: int) -> list[accounting.Segment]:
+        """Segments of steps ``start + 1 .. stop`` (counts after each step) at ``sigma``."""
+        if stop <= start:
+            return []
+        releases = 0
+        if self.loss_noise_multiplier is not None:
+            every = self.log_every
+            releases = stop // every - start // every
+            if start < self.total_steps <= stop and self.total_steps % every:
+                releases += 1
+        out = []
+        if stop - start - releases:
+            out.append(accounting.Segment(sigma, steps=stop - start - releases, **self.sampling))
+        if releases:
+            joint = accounting.joint_noise_multiplier(sigma, self.loss_noise_multiplier)
+            out.append(accounting.Segment(joint, steps=releases, **self.sampling))
+        return out
 
     def epsilon(self, ledger: accounting.PrivacyLedger, extra_steps: int = 0) -> float | None:
         """Epsilon of the ledger (plus ``extra_steps`` more), ``None`` when non-private."""
@@ -138,11 +178,12 @@ class RunPlan:
             return None
         if ledger.steps + extra_steps == 0 and not self.prior:
             return 0.0
-        segments = [*self.prior, *ledger.segments]
-        if extra_steps:
-            segments.append(
-                accounting.Segment(self.noise_multiplier, steps=extra_steps, **self.sampling)
-            )
+        done = ledger.steps
+        segments = [
+            *self.prior,
+            *ledger.segments,
+            *self.segments(self.noise_multiplier, done, done + extra_steps),
+        ]
         return accounting.PrivacyLedger(segments).epsilon(self.delta, accountant=self.accountant)
 
     def last_step_within_budget(self, ledger: accounting.PrivacyLedger) -> int:
@@ -243,16 +284,29 @@ def make_plan(
                 "(e.g. task.center_noise_multiplier)"
             )
     delta = _resolve_delta(privacy, sampler.num_examples)
+    draft = RunPlan(
+        phases,
+        1.0,
+        delta,
+        sampling,
+        privacy.accountant,
+        privacy.max_epsilon,
+        privacy.l2_clip,
+        sampler.expected_batch_size,
+        prior,
+        privacy.loss_noise_multiplier,
+        settings.log_every,
+    )
     sigma = privacy.noise_multiplier
     if sigma is None:
         try:
-            sigma = accounting.calibrate_noise_multiplier(
+            sigma = accounting.calibrate_segments(
+                lambda s: [*prior, *draft.segments(s, 0, total)],
                 target_epsilon=privacy.target_epsilon,
-                steps=total,
                 delta=delta,
                 accountant=privacy.accountant,
-                prior=prior,
-                **sampling,
+                fixed=prior,
+                what=f"q={sampling['sampling_rate']!r}, steps={total!r}",
             )
         except ValueError as e:
             raise ConfigError(f"config.privacy.target_epsilon: {e}") from e
@@ -263,14 +317,9 @@ def make_plan(
             total,
             delta,
         )
-    return RunPlan(
-        phases,
-        float(sigma),
-        delta,
-        sampling,
-        privacy.accountant,
-        privacy.max_epsilon,
-        privacy.l2_clip,
-        sampler.expected_batch_size,
-        prior,
-    )
+    plan = dataclasses.replace(draft, noise_multiplier=float(sigma))
+    try:  # every segment of the run must compose with the others before any training
+        plan.epsilon(accounting.PrivacyLedger(), total)
+    except ValueError as e:
+        raise ConfigError(f"the run's privacy cannot be accounted: {e}") from e
+    return plan

@@ -8,14 +8,16 @@ The config layout (see ``experiments/configs/toy.py`` for a complete one)::
 
     method            nonprivate_full | nonprivate_bitfit | dp_full | dp_bitfit | two_phase
     engine            per-example engine of DP full fine-tuning: vmap | ghost
-    seed              int (noise key, sampler); the task builder has its own seeds
+    seed              int, public: non-private runs' sampler (the task builder has its own
+                      seeds). Private runs draw their noise and sampling from OS entropy
+    privacy           l2_clip, clip_fn, gamma, noise_multiplier | target_epsilon, delta,
+                      max_epsilon, accountant, noise_seed (None: secret),
+                      log_private_diagnostics, loss_noise_multiplier, loss_clip
     batch_size        logical (expected) batch size, e.g. 1000
     physical_batch_size   rows per jitted micro-batch (gradient accumulation)
     sampler           poisson | fixed
     epochs / steps    training length (steps wins when given)
     optimizer         name (adam|sgd), lr, schedule (constant|linear), warmup_steps, ...
-    privacy           l2_clip, clip_fn, gamma, noise_multiplier | target_epsilon, delta,
-                      max_epsilon, accountant
     two_phase         full_epochs, full_lr, full_engine
     mesh              data, model, fsdp
     eval_every, log_every, checkpoint_every, keep_checkpoints
@@ -23,6 +25,7 @@ The config layout (see ``experiments/configs/toy.py`` for a complete one)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import numbers
@@ -135,9 +138,34 @@ class PrivacySettings:
     max_epsilon: float | None = None
     delta: float | str | None = None
     accountant: str = "pld"
+    #: ``None`` (default): the noise key and the sampler's seed come from OS entropy and
+    #: stay secret. An integer makes them reproducible -- and *not secret*; the run says so.
+    noise_seed: int | None = None
+    #: Write per-step statistics of the private batch (loss, pre-clip norms, clipped
+    #: fraction, batch size) to metrics and TensorBoard. They are NOT covered by epsilon.
+    log_private_diagnostics: bool = False
+    #: Release a loss curve as a mechanism: on every logged step, the sum of the batch's
+    #: per-example losses clipped to ``[0, loss_clip]`` plus ``N(0, (s * loss_clip)^2)``
+    #: with ``s = loss_noise_multiplier``, over the expected batch size. Accounted with the
+    #: gradient as one Gaussian mechanism (``accounting.joint_noise_multiplier``).
+    loss_noise_multiplier: float | None = None
+    loss_clip: float = 10.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.delta, str) and self.delta not in DELTA_RULES:
+            with contextlib.suppress(ValueError):  # a number from the command line is a str
+                object.__setattr__(self, "delta", float(self.delta))
+        if self.noise_seed is not None:
+            _int("privacy.noise_seed", self.noise_seed, 0)
+        if not isinstance(self.log_private_diagnostics, bool):
+            raise ConfigError(
+                "config.privacy.log_private_diagnostics must be a bool, got "
+                f"{self.log_private_diagnostics!r}"
+            )
         _real("privacy.l2_clip", self.l2_clip, low=0)
+        _real("privacy.loss_clip", self.loss_clip, low=0)
+        if self.loss_noise_multiplier is not None:
+            _real("privacy.loss_noise_multiplier", self.loss_noise_multiplier, low=0)
         _choice("privacy.clip_fn", self.clip_fn, ("abadi", "automatic"))
         if self.clip_fn == "automatic":
             if self.gamma is None:
@@ -153,7 +181,11 @@ class PrivacySettings:
             if getattr(self, k) is not None:
                 _real(f"privacy.{k}", getattr(self, k), low=0.0)
         if isinstance(self.delta, str):
-            _choice("privacy.delta", self.delta, DELTA_RULES)
+            if self.delta not in DELTA_RULES:
+                raise ConfigError(
+                    f"config.privacy.delta must be a number in (0, 1) or one of "
+                    f"{DELTA_RULES}, got {self.delta!r}"
+                )
         elif self.delta is not None:
             d = _real("privacy.delta", self.delta, low=0.0)
             if d >= 1.0:

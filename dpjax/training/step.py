@@ -39,12 +39,18 @@ __all__ = ["MicroStats", "add_micro", "make_apply", "make_micro_step"]
 
 
 class MicroStats(NamedTuple):
-    """Scalar sums over the real rows of one or more micro-batches."""
+    """Scalar sums over the real rows of one or more micro-batches.
+
+    In a private run these are statistics of the private batch: the trainer writes them
+    only with ``privacy.log_private_diagnostics`` (they are not covered by epsilon), and
+    releases ``clipped_loss_sum`` only with Gaussian noise (``privacy.loss_noise_multiplier``).
+    """
 
     loss_sum: jax.Array
     num_valid: jax.Array
     norm_sum: jax.Array
     num_clipped: jax.Array
+    clipped_loss_sum: jax.Array
 
     def summary(self) -> dict[str, float]:
         """Host-side means: ``loss``, ``grad_norm`` (before clipping), ``clipped_frac``."""
@@ -69,6 +75,7 @@ def make_micro_step(
     clip_fn: str = "abadi",
     gamma: float | None = None,
     spmd_axis_name: str | None = None,
+    loss_clip: float | None = None,
 ) -> MicroStep:
     """``micro_step(train, frozen, batch) -> (grad_sum, MicroStats)`` (not jitted).
 
@@ -78,7 +85,17 @@ def make_micro_step(
       trainable: the phase's trainable predicate (the one ``train`` was split with).
       l2_clip, clip_fn, gamma: clipping of DP phases.
       spmd_axis_name: mesh axis of the batch, forwarded to the vmap engine.
+      loss_clip: ``L``: ``MicroStats.clipped_loss_sum`` sums each real row's finite loss
+        clipped to ``[0, L]`` (sensitivity ``L``); ``None`` leaves it 0.
     """
+
+    def clipped_losses(loss: jax.Array, mask: jax.Array) -> jax.Array:
+        if loss_clip is None:
+            return jnp.zeros((), jnp.float32)
+        loss = loss.astype(jnp.float32)
+        ok = mask & jnp.isfinite(loss)
+        return jnp.sum(jnp.where(ok, jnp.clip(loss, 0.0, loss_clip), 0.0))
+
     if engine is not None:
         grad_fn = clipped_grad(
             loss_fn,
@@ -98,6 +115,7 @@ def make_micro_step(
                 num_valid=info.num_valid.astype(f32),
                 norm_sum=jnp.sum(info.norms.astype(f32)),
                 num_clipped=info.num_clipped.astype(f32),
+                clipped_loss_sum=clipped_losses(info.loss, batch["mask"].astype(bool)),
             )
             return grads, stats
 
@@ -113,7 +131,8 @@ def make_micro_step(
 
         grads, losses = jax.grad(total, has_aux=True)(train)
         zero = jnp.zeros((), jnp.float32)
-        stats = MicroStats(jnp.sum(losses), jnp.sum(mask.astype(jnp.float32)), zero, zero)
+        n = jnp.sum(mask.astype(jnp.float32))
+        stats = MicroStats(jnp.sum(losses), n, zero, zero, clipped_losses(losses, mask))
         return grads, stats
 
     return plain_step

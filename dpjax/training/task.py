@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -30,6 +31,7 @@ import numpy as np
 
 from dpjax.ledger import Segment
 from dpjax.partition import Predicate
+from dpjax.randomness import RunSecrets
 
 __all__ = ["Dataset", "GenerationEval", "Task", "build_task", "resolve_builder"]
 
@@ -72,7 +74,12 @@ class Task:
         ``train_data`` (e.g. one Gaussian mechanism, ``Segment(sigma, 1.0, 1)``, for a noisy
         feature mean). A private run composes them into every epsilon and calibrates its
         noise so that they and all its steps reach the target; a segment without noise
-        (``noise_multiplier=0``) is refused in a private run.
+        (``noise_multiplier=0``) is refused in a private run. Draw that noise from the
+        ``secrets`` the trainer passes to the builder (see :func:`build_task`).
+      vocab_sizes: ``{batch field: V}`` for fields holding token ids of an embedding with
+        ``V`` rows; every training batch is checked on the host (an id outside
+        ``[0, V)`` is an error naming it, instead of a row the forward pass wraps or
+        turns into ``nan``).
       name: a short name for logs.
     """
 
@@ -84,6 +91,7 @@ class Task:
     generation_eval: GenerationEval | None = None
     trainable_extra: Predicate | None = None
     prior_privacy: tuple[Segment, ...] = ()
+    vocab_sizes: Mapping[str, int] = dataclasses.field(default_factory=dict)
     name: str = "task"
 
     def __post_init__(self) -> None:
@@ -105,6 +113,9 @@ class Task:
                 )
             if len(ds) < 1:
                 raise ValueError(f"Task dataset {label!r} is empty")
+        for field, size in dict(self.vocab_sizes).items():
+            if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+                raise ValueError(f"Task.vocab_sizes[{field!r}] must be an int >= 1, got {size!r}")
         if self.eval_data and self.eval_fn is None:
             raise ValueError(f"Task has eval_data {sorted(self.eval_data)} but no eval_fn")
         for label, fn in (
@@ -119,6 +130,27 @@ class Task:
     def num_train(self) -> int:
         """Number of training examples ``n``."""
         return len(self.train_data)
+
+    def check_token_ids(self, batch: Mapping[str, Any], indices: np.ndarray) -> None:
+        """Raises ValueError if a real row of ``batch`` holds an id outside its vocabulary.
+
+        Args:
+          batch: host arrays with a bool ``"mask"`` (``False`` rows are not checked).
+          indices: the training-example index of each row (for the message).
+        """
+        mask = np.asarray(batch["mask"], bool)
+        for field, size in self.vocab_sizes.items():
+            if field not in batch:
+                raise ValueError(f"Task.vocab_sizes names {field!r}, which the batch lacks")
+            ids = np.asarray(batch[field])
+            bad = ((ids < 0) | (ids >= size)) & mask.reshape((-1,) + (1,) * (ids.ndim - 1))
+            if bad.any():
+                row = int(np.argwhere(bad)[0][0])
+                value = int(ids[bad][0])
+                raise ValueError(
+                    f"batch[{field!r}] of training example {int(indices[row])} holds token id "
+                    f"{value}, outside the vocabulary [0, {size}) of the model"
+                )
 
 
 def resolve_builder(spec: str) -> Callable[[Any], Task]:
@@ -136,10 +168,20 @@ def resolve_builder(spec: str) -> Callable[[Any], Task]:
     return fn
 
 
-def build_task(task_config: Any) -> Task:
-    """Calls the builder named by ``task_config.builder`` with ``task_config``."""
+def build_task(task_config: Any, secrets: RunSecrets | None = None) -> Task:
+    """Calls the builder named by ``task_config.builder`` with ``task_config``.
+
+    A builder that releases statistics of the training data (a noisy feature mean) takes
+    a keyword argument ``secrets``: the trainer passes the private run's
+    :class:`~dpjax.randomness.RunSecrets` (``None`` in non-private runs), from which the
+    builder draws that noise (``secrets.numpy_rng("task/<name>")``), so that it is secret
+    and a resumed run reproduces the same release instead of making a second one.
+    """
     builder = resolve_builder(task_config.builder)
-    task = builder(task_config)
+    if "secrets" in inspect.signature(builder).parameters:
+        task = builder(task_config, secrets=secrets)
+    else:
+        task = builder(task_config)
     if not isinstance(task, Task):
         raise TypeError(
             f"task.builder {task_config.builder!r} returned {type(task).__name__}, not Task"

@@ -42,7 +42,9 @@ def base_config(method: str, *, name: str, task: dict[str, Any]) -> ml_collectio
     c.privacy = ml_collections.ConfigDict(
         dict(l2_clip=0.1, clip_fn="abadi", gamma=placeholder(float),
              noise_multiplier=placeholder(float), target_epsilon=placeholder(float),
-             max_epsilon=placeholder(float), delta=placeholder(str), accountant="pld")
+             max_epsilon=placeholder(float), delta=placeholder(str), accountant="pld",
+             noise_seed=placeholder(int), log_private_diagnostics=False,
+             loss_noise_multiplier=placeholder(float), loss_clip=10.0)
     )  # fmt: skip
     if not method.startswith("nonprivate"):
         c.privacy.target_epsilon = 8.0

@@ -130,6 +130,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             max_epsilon=ml_collections.config_dict.placeholder(float),
             delta="1/(2n)",
             accountant="pld",
+            noise_seed=ml_collections.config_dict.placeholder(int),
+            log_private_diagnostics=False,
+            loss_noise_multiplier=ml_collections.config_dict.placeholder(float),
+            loss_clip=10.0,
         )
     )
     if variant.startswith("nonprivate"):
