@@ -58,7 +58,7 @@ def test_two_runs_of_one_config_draw_different_noise_and_batches(task, tmp_path)
     assert not np.array_equal(a.sampler.draw(0), b.sampler.draw(0))
     ka, kb = (jax.random.key_data(t.noise_key(0)) for t in (a, b))
     assert not np.array_equal(ka, kb)
-    pa, pb = a.run(progress=False), b.run(progress=False)
+    pa, _ = a.run(progress=False), b.run(progress=False)
     wa, wb = (jax.tree.leaves(t.state.params)[0] for t in (a, b))
     assert not np.allclose(wa, wb)
     assert pa["noise_seed"] == "secret (OS entropy)"

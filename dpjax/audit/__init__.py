@@ -17,6 +17,7 @@
 Command line: ``python -m dpjax.audit {replay,single-step,one-run} --config=...``.
 """
 
+from dpjax.audit.one_run import canary_task, one_run_audit
 from dpjax.audit.replay import (
     ReplayReport,
     SensitivityError,
@@ -24,11 +25,19 @@ from dpjax.audit.replay import (
     replay,
     sensitivity_replay,
 )
+from dpjax.audit.single_step import AuditResult, single_step_audit
+from dpjax.audit.trainer import replay_trainer, single_step_trainer
 
 __all__ = [
+    "AuditResult",
     "ReplayReport",
     "SensitivityError",
+    "canary_task",
     "derived_canaries",
+    "one_run_audit",
     "replay",
+    "replay_trainer",
     "sensitivity_replay",
+    "single_step_audit",
+    "single_step_trainer",
 ]

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpjax import optim
+from dpjax.clip_rules import sum_dtype
 from dpjax.partition import partition
 
 __all__ = ["ReplayReport", "SensitivityError", "derived_canaries", "replay", "sensitivity_replay"]
@@ -335,7 +336,10 @@ def sensitivity_replay(
     if noise_multiplier is not None:
         if expected_batch_size is None or key is None:
             raise ValueError("noise_multiplier needs expected_batch_size and key")
+        # The cast to the parameter dtype after the noise is post-processing; the replay
+        # checks the float32 (float64) update before it.
         train, _ = partition(params, grad_fn.trainable)
+        train = jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), sum_dtype(x.dtype)), train)
         privatizer = privatize_replayer(
             noise_multiplier, grad_fn.sensitivity, expected_batch_size, key, train
         )
