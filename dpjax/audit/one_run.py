@@ -31,8 +31,9 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -116,6 +117,7 @@ def one_run_audit(
     seed: int = 0,
     workdir: str | None = None,
     progress: bool = False,
+    loss_wrapper: Callable[[Any], Any] | None = None,
 ) -> AuditResult:
     """Trains the canary task once with the real trainer and bounds epsilon from below.
 
@@ -130,6 +132,8 @@ def one_run_audit(
       seed: the auditor's public coins (canary inclusion and labels).
       workdir: the run directory (default: a temporary one).
       progress: show the trainer's progress bar.
+      loss_wrapper: wraps the canary task's loss (e.g. :func:`dpjax.audit.planted.mixing_loss`)
+        to audit a run whose loss is broken.
 
     Returns:
       An :class:`~dpjax.audit.AuditResult` whose claimed epsilon is the run's reported
@@ -140,6 +144,8 @@ def one_run_audit(
     task, included, labels = canary_task(
         m, n_base=n_base, d0=d0, classes=classes, scale=scale, seed=seed
     )
+    if loss_wrapper is not None:
+        task = dataclasses.replace(task, loss_fn=loss_wrapper(task.loss_fn))
     rows = []
 
     def record(step: int, state: Any) -> None:

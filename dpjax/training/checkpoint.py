@@ -1,6 +1,7 @@
 """Checkpoints that carry the whole run: parameters, optimizer state (noise key
-included), the logical step / sampler position, the privacy ledger and a config
-fingerprint.
+included), the logical step / sampler position, the privacy ledger, a config
+fingerprint and -- for private runs -- the run secret (:class:`~dpjax.randomness.RunSecrets`),
+which is written nowhere else.
 
 Layout under ``<workdir>/checkpoints/<step>/``: an orbax ``state`` item holding
 ``{"params", "opt", "step"}`` (typed PRNG keys stored as their raw key data) and a JSON
@@ -26,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dpjax.partition import leaf_paths, path_to_str
+from dpjax.randomness import RunSecrets
 from dpjax.training.state import TrainState
 
 __all__ = ["CheckpointError", "Checkpointer", "fingerprint"]
@@ -129,6 +131,21 @@ class Checkpointer:
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
             raise CheckpointError(f"checkpoint {self.directory}/{step} has no valid metadata")
         return meta
+
+    def read_secrets(self) -> RunSecrets | None:
+        """The run secret of the newest checkpoint of this config, or ``None``.
+
+        A private run's secret (noise keys, sampler seed) lives in the checkpoint's
+        metadata and nowhere else, so that a resumed run continues the same streams.
+        A checkpoint of another config is ignored here (resuming it fails later, clearly).
+        """
+        latest = self.latest_step()
+        if latest is None:
+            return None
+        meta = self.read_meta(latest)
+        if meta.get("fingerprint") != self.fingerprint or "secrets" not in meta:
+            return None
+        return RunSecrets.from_checkpoint(meta["secrets"])
 
     def restore(self, template: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
         """Restores into arrays shaped and sharded like ``template`` (same phase).

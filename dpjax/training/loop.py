@@ -38,8 +38,9 @@ from dpjax.training import release
 from dpjax.training.checkpoint import Checkpointer, CheckpointError, fingerprint
 from dpjax.training.evaluation import Evaluator
 from dpjax.training.metrics import MetricWriter
-from dpjax.training.optimizer import make_optimizer, make_schedule
+from dpjax.training.optimizer import make_optimizer
 from dpjax.training.plan import RunPlan, make_plan
+from dpjax.training.secrets import run_secrets
 from dpjax.training.settings import ConfigError, TrainSettings
 from dpjax.training.sharding import (
     DATA,
@@ -131,7 +132,10 @@ class Trainer:
         s = self.settings
         #: The run's secret (``None`` for non-private runs): never logged or written
         #: anywhere but the checkpoint.
-        self.secrets: RunSecrets | None = self._run_secrets() if s.private else None
+        self.secrets: RunSecrets | None = None
+        if s.private:
+            directory = os.path.join(self.workdir, "checkpoints")
+            self.secrets = run_secrets(directory, fingerprint(self.config), s.privacy.noise_seed)
         self.task = task if task is not None else build_task(config.task, secrets=self.secrets)
         self.mesh = make_mesh(s.mesh, devices)
         self.eval_batch_size = s.eval_batch_size or s.physical_batch_size
@@ -147,35 +151,13 @@ class Trainer:
         self._add = jax.jit(add_micro, donate_argnums=0)
         self.is_main = jax.process_index() == 0
 
-    # ------------------------------------------------------------------ secrets
+    # ------------------------------------------------------------------ streams
     def _checkpointer(self) -> Checkpointer:
         return Checkpointer(
             os.path.join(self.workdir, "checkpoints"),
             keep=self.settings.keep_checkpoints,
             fingerprint=fingerprint(self.config),
         )
-
-    def _run_secrets(self) -> RunSecrets:
-        """The checkpoint's secret when resuming; else the user's seed or OS entropy."""
-        directory = os.path.join(self.workdir, "checkpoints")
-        if os.path.isdir(directory):
-            ckpt = self._checkpointer()
-            try:
-                latest = ckpt.latest_step()
-                meta = ckpt.read_meta(latest) if latest is not None else {}
-            finally:
-                ckpt.close()
-            if meta.get("fingerprint") == fingerprint(self.config) and "secrets" in meta:
-                return RunSecrets.from_checkpoint(meta["secrets"])
-        seed = self.settings.privacy.noise_seed
-        if seed is not None:
-            log.warning(
-                "privacy.noise_seed is set: the noise and the batches of this run are "
-                "reproducible from the config and NOT secret (results.json says so); leave "
-                "it unset for a private release"
-            )
-            return RunSecrets.from_seed(seed)
-        return RunSecrets.draw().broadcast()
 
     def noise_key(self, index: int) -> jax.Array:
         """The noise key of phase ``index`` (a secret stream in private runs)."""
@@ -297,7 +279,9 @@ class Trainer:
                 state, done = new_state, step + 1
                 last = done == stop
                 if done % s.log_every == 0 or last:
-                    self._log(writer, bar, stats, ledger, done, phase)
+                    row = release.log_row(plan, s, self.secrets, stats, ledger, done, phase)
+                    writer.write(done, row)
+                    bar.set_postfix(release.postfix(row, plan.private))
                 bar.update(1)
                 if evaluator is not None and s.eval_every and done % s.eval_every == 0 and not last:
                     eval_metrics = self.evaluate(state, evaluator, done, writer)
@@ -321,30 +305,6 @@ class Trainer:
         self._write_results(results)
         self.state = state
         return results
-
-    def _log(
-        self, writer: MetricWriter, bar: Any, stats: Any, ledger: Any, done: int, phase: int
-    ) -> None:
-        """Writes the ``train/*`` row of step ``done`` under the diagnostics policy."""
-        plan, s = self.plan, self.settings
-        p = plan.phases[phase]
-        lr = make_schedule(s.optimizer, p.lr, p.steps)(max(done - 1 - p.start, 0))
-        released = None
-        if plan.releases_loss(done):
-            clip, sigma = s.privacy.loss_clip, plan.loss_noise_multiplier
-            noise = self.secrets.numpy_rng(f"loss/{done}").standard_normal() * sigma * clip
-            released = (float(to_host(stats.clipped_loss_sum)) + noise) / plan.expected_batch_size
-        row = release.metrics_row(
-            stats,
-            private=plan.private,
-            log_private=s.privacy.log_private_diagnostics,
-            epsilon=plan.epsilon(ledger),
-            lr=float(lr),
-            phase=phase,
-            released_loss=released,
-        )
-        writer.write(done, row)
-        bar.set_postfix(release.postfix(row, plan.private))
 
     def _salvage(
         self,
@@ -415,9 +375,10 @@ class Trainer:
                 f"ledger steps {ledger.steps}"
             )
         if meta["sampler"] != {**self.sampler.state_dict(), "next_step": step}:
+            public = {k: v for k, v in meta["sampler"].items() if k != "seed"}  # seed: secret
             raise CheckpointError(
-                f"checkpoint {ckpt.directory}/{latest} was sampled differently: "
-                f"{meta['sampler']} vs this run's {self.sampler.state_dict()}"
+                f"checkpoint {ckpt.directory}/{latest} was sampled differently: {public} "
+                "(or with another seed) vs this run's sampler"
             )
         log.info("resumed from step %d (epsilon so far %s)", step, self.plan.epsilon(ledger))
         return state, ledger, phase
@@ -425,40 +386,18 @@ class Trainer:
     def _results(
         self, ledger: Any, steps: int, stopped: str | None, evals: dict, wall: float
     ) -> dict[str, Any]:
-        plan = self.plan
-        privacy = {}
-        if plan.private:
-            privacy["noise_seed"] = self.secrets.describe()
-            if plan.loss_noise_multiplier is not None:
-                privacy["loss_release"] = {
-                    "noise_multiplier": plan.loss_noise_multiplier,
-                    "loss_clip": self.settings.privacy.loss_clip,
-                    "log_every": plan.log_every,
-                }
-        return {
-            "method": self.settings.method,
-            "private": plan.private,
-            "epsilon": plan.epsilon(ledger),
-            "delta": plan.delta,
-            "noise_multiplier": plan.noise_multiplier,
-            **privacy,
-            "accountant": plan.accountant,
-            "sampling": plan.sampling,
-            "expected_batch_size": plan.expected_batch_size,
-            "steps": steps,
-            "planned_steps": plan.total_steps,
-            "stopped_early": stopped,
-            "phases": [
-                {"name": p.name, "start": p.start, "stop": p.stop, "engine": p.engine, "lr": p.lr}
-                for p in plan.phases
-            ],
-            "ledger": ledger.to_dict(),
-            "prior_privacy": [dataclasses.asdict(seg) for seg in plan.prior],
-            "eval": evals,
-            "wall_time_s": wall,
-            "devices": {"mesh": dict(self.mesh.shape), "processes": jax.process_count()},
-            "config": release.redact_config(self.config),
-        }
+        return release.results(
+            self.plan,
+            self.settings,
+            self.secrets,
+            ledger,
+            steps=steps,
+            stopped=stopped,
+            evals=evals,
+            wall=wall,
+            mesh_shape=dict(self.mesh.shape),
+            config=self.config,
+        )
 
 
 def train(

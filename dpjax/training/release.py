@@ -28,14 +28,26 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+
 from dpjax.randomness import RunSecrets
+from dpjax.training.optimizer import make_schedule
+from dpjax.training.sharding import to_host
 from dpjax.training.step import MicroStats
 
-__all__ = ["PRIVATE_DIAGNOSTICS_WARNING", "metrics_row", "postfix", "redact_config"]
+__all__ = [
+    "PRIVATE_DIAGNOSTICS_WARNING",
+    "log_row",
+    "metrics_row",
+    "postfix",
+    "redact_config",
+    "results",
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +92,34 @@ def metrics_row(
     return row
 
 
+def log_row(
+    plan: Any,
+    settings: Any,
+    secrets: RunSecrets | None,
+    stats: MicroStats,
+    ledger: Any,
+    done: int,
+    phase: int,
+) -> dict[str, float]:
+    """The ``train/*`` row after step ``done``: public values, the released loss if any."""
+    p = plan.phases[phase]
+    lr = make_schedule(settings.optimizer, p.lr, p.steps)(max(done - 1 - p.start, 0))
+    released = None
+    if plan.releases_loss(done):
+        clip, sigma = settings.privacy.loss_clip, plan.loss_noise_multiplier
+        noise = secrets.numpy_rng(f"loss/{done}").standard_normal() * sigma * clip
+        released = (float(to_host(stats.clipped_loss_sum)) + noise) / plan.expected_batch_size
+    return metrics_row(
+        stats,
+        private=plan.private,
+        log_private=settings.privacy.log_private_diagnostics,
+        epsilon=plan.epsilon(ledger),
+        lr=float(lr),
+        phase=phase,
+        released_loss=released,
+    )
+
+
 def postfix(row: Mapping[str, float], private: bool) -> dict[str, str]:
     """The progress bar's postfix: public values only in private runs."""
     out = {}
@@ -90,3 +130,52 @@ def postfix(row: Mapping[str, float], private: bool) -> dict[str, str]:
     eps = row.get("train/epsilon")
     out["eps"] = "-" if eps is None or eps != eps else f"{eps:.3f}"
     return out
+
+
+def results(
+    plan: Any,
+    settings: Any,
+    secrets: RunSecrets | None,
+    ledger: Any,
+    *,
+    steps: int,
+    stopped: str | None,
+    evals: Mapping[str, float],
+    wall: float,
+    mesh_shape: Mapping[str, int],
+    config: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The content of ``results.json`` (what :meth:`Trainer.run` returns)."""
+    privacy: dict[str, Any] = {}
+    if plan.private:
+        privacy["noise_seed"] = secrets.describe()
+        if plan.loss_noise_multiplier is not None:
+            privacy["loss_release"] = {
+                "noise_multiplier": plan.loss_noise_multiplier,
+                "loss_clip": settings.privacy.loss_clip,
+                "log_every": plan.log_every,
+            }
+    return {
+        "method": settings.method,
+        "private": plan.private,
+        "epsilon": plan.epsilon(ledger),
+        "delta": plan.delta,
+        "noise_multiplier": plan.noise_multiplier,
+        **privacy,
+        "accountant": plan.accountant,
+        "sampling": plan.sampling,
+        "expected_batch_size": plan.expected_batch_size,
+        "steps": steps,
+        "planned_steps": plan.total_steps,
+        "stopped_early": stopped,
+        "phases": [
+            {"name": p.name, "start": p.start, "stop": p.stop, "engine": p.engine, "lr": p.lr}
+            for p in plan.phases
+        ],
+        "ledger": ledger.to_dict(),
+        "prior_privacy": [dataclasses.asdict(seg) for seg in plan.prior],
+        "eval": dict(evals),
+        "wall_time_s": wall,
+        "devices": {"mesh": dict(mesh_shape), "processes": jax.process_count()},
+        "config": redact_config(config),
+    }
