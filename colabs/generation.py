@@ -63,6 +63,7 @@ print("dpjax", dpjax.__version__, "| FAST =", FAST, "| checkpoint:", CHECKPOINT)
 import dataclasses
 import itertools
 import json
+import secrets
 
 import jax
 import jax.numpy as jnp
@@ -194,9 +195,11 @@ grad_fn = dpjax.clipped_grad(loss_fn, l2_clip=clip, method="ghost")
 tx = dpjax.optim.dp_adam(
     optax.linear_schedule(3e-3 if CHECKPOINT else 1e-2, 1e-4, steps),
     noise_multiplier=sigma, l2_clip=grad_fn.sensitivity, expected_batch_size=batch_size,
-    key=jax.random.key(1),
+    key=dpjax.secret_key(),
 )  # fmt: skip
-sampler = PoissonSampler(n, expected_batch_size=batch_size, physical_batch_size=physical, seed=0)
+sampler = PoissonSampler(
+    n, expected_batch_size=batch_size, physical_batch_size=physical, seed=secrets.randbits(64)
+)
 step_fn = jax.jit(grad_fn)
 
 

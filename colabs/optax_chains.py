@@ -59,6 +59,7 @@ print("dpjax", dpjax.__version__, "| FAST =", FAST, "| outputs in", OUT)
 
 # %%
 import json
+import secrets
 
 import flax.linen as nn
 import jax
@@ -128,11 +129,13 @@ tx = optax.chain(
         noise_multiplier=sigma,
         l2_clip=grad_fn.sensitivity,
         expected_batch_size=batch_size,
-        key=jax.random.key(1),
+        key=dpjax.secret_key(),
     ),
     optax.adamw(schedule, weight_decay=1e-4),
 )
-sampler = PoissonSampler(n, expected_batch_size=batch_size, physical_batch_size=128, seed=0)
+sampler = PoissonSampler(
+    n, expected_batch_size=batch_size, physical_batch_size=128, seed=secrets.randbits(64)
+)
 step_fn = jax.jit(grad_fn)
 
 
@@ -180,7 +183,7 @@ is_bias = jax.tree_util.tree_map_with_path(bias_label, params)
 labels_tree = jax.tree.map(lambda b: "bias" if b else "weight", is_bias)
 tx_multi = optax.chain(
     dpjax.optim.privatize(
-        noise_multiplier=sigma, l2_clip=C, expected_batch_size=batch_size, key=jax.random.key(2)
+        noise_multiplier=sigma, l2_clip=C, expected_batch_size=batch_size, key=dpjax.secret_key()
     ),
     optax.masked(optax.add_decayed_weights(1e-4), jax.tree.map(lambda b: not b, is_bias)),
     optax.multi_transform({"bias": optax.adam(1e-2), "weight": optax.adam(1e-3)}, labels_tree),
@@ -223,7 +226,7 @@ logical_steps = 3 if FAST else 10
 def make_tx(noise, seed=3):
     inner = optax.chain(
         dpjax.optim.privatize(
-            noise_multiplier=noise, l2_clip=C, expected_batch_size=B, key=jax.random.key(seed)
+            noise_multiplier=noise, l2_clip=C, expected_batch_size=B, key=dpjax.secret_key()
         ),
         optax.sgd(1.0),
     )
@@ -253,7 +256,7 @@ ratio_accumulated = float(noise.std() / expected_std)
 
 # The wrong way: privatize every micro-batch at sigma and add the results.
 tx_per_micro = dpjax.optim.privatize(
-    noise_multiplier=sigma_acc, l2_clip=C, expected_batch_size=B, key=jax.random.key(4)
+    noise_multiplier=sigma_acc, l2_clip=C, expected_batch_size=B, key=dpjax.secret_key()
 )
 s_pm, update_pm = tx_per_micro.init(params), jax.jit(tx_per_micro.update)
 zeros = jax.tree.map(jnp.zeros_like, params)

@@ -68,6 +68,7 @@ print("dpjax", dpjax.__version__, "| FAST =", FAST, "| outputs in", OUT)
 # %%
 import json
 import math
+import secrets
 import time
 
 import jax
@@ -230,13 +231,16 @@ for name, (trainable, engine, lr) in methods.items():
             dpjax.optim.dp_adam(
                 optax.linear_schedule(lr, 0.0, steps), noise_multiplier=sigma,
                 l2_clip=grad_fn.sensitivity, expected_batch_size=batch_size,
-                key=jax.random.key(0),
+                key=dpjax.secret_key(),
             ),
             scale_by_name(multipliers),
         )  # fmt: skip
         opt_state = tx.init(train)
         sampler = PoissonSampler(
-            n, expected_batch_size=batch_size, physical_batch_size=physical, seed=0
+            n,
+            expected_batch_size=batch_size,
+            physical_batch_size=physical,
+            seed=secrets.randbits(64),
         )
         for step in range(steps):
             total = None

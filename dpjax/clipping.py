@@ -282,10 +282,11 @@ def clipped_grad(
         ``nan * 0``, e.g. a convolution's per-example kernel gradient under ``vmap``). It
         costs extra time only for such micro-batches (a timing side channel: see README's
         privacy policy), a second trace at compile time, and XLA's flop count includes
-        it. ``None`` (default): on whenever the engine ran rows through ``vmap`` (the
-        ``vmap`` engine, ``bitfit`` with direct leaves, ``ghost`` with fallback leaves);
-        off for the batched tap passes, which never mix rows and zero bad rows before any
-        contraction over examples.
+        it. ``None`` (default): on whenever rows went through ``vmap``-batched kernels
+        that can mix them (a grouped convolution in the per-example gradient: the
+        ``vmap`` engine, ``bitfit``'s direct leaves or ``ghost``'s fallbacks on a conv
+        model, see :func:`dpjax.engines.base.vmapped`); off otherwise -- the batched
+        tap passes never mix rows and zero bad rows before any contraction.
 
     Returns:
       A :class:`ClippedGrad`; calling it returns ``(grads, ClipInfo)``. Rows whose

@@ -63,6 +63,7 @@ def test_single_step_audit_passes_correct_and_fails_each_bug(bug):
         assert res.epsilon_lower > 0.9 * res.epsilon_claimed
 
 
+@pytest.mark.slow
 def test_single_step_audit_fails_a_noise_scale_of_0_8_on_any_engine():
     model, params, batch = toy_models.make("mlp", batch_size=8)
     x = np.asarray(batch["x"])
@@ -104,6 +105,7 @@ def test_replay_trainer_on_the_real_step(variant, tmp_path):
         assert not audit.replay_trainer(trainer, step=0, rows=4).ok
 
 
+@pytest.mark.slow
 def test_replay_covers_every_engine_and_model(x64):
     for kind in ("mlp", "cnn", "block"):
         model, params, batch = toy_models.make(kind, dtype=jnp.float64)
@@ -114,6 +116,7 @@ def test_replay_covers_every_engine_and_model(x64):
             assert rep.ok, (kind, method, rep.summary())
 
 
+@pytest.mark.slow
 def test_command_line_exit_status_follows_the_verdict(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     cmd = [sys.executable, "-m", "dpjax.audit", "replay",

@@ -38,7 +38,7 @@ def _cnn(kind):
         params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
         y = jnp.array([0, 1, 2, 0, 1, 2])
         return model, params, {"x": x, "y": y}
-    return toy_models.make("cnn", dtype=jnp.float64)
+    return toy_models.make(kind, dtype=jnp.float64)
 
 
 # Every path that runs vmap(grad) somewhere on a conv model: the vmap engine, bitfit with a
@@ -51,6 +51,12 @@ PATHS = {
     ),
     "ghost-fallback-conv": ("fallback", dict(method="ghost")),
     "ghost-batched": ("cnn", dict(method="ghost")),
+    # no grouped convolution: the paths run without isolation and must stay exact anyway
+    "vmap-mlp": ("mlp", dict(method="vmap")),
+    "bitfit-direct-mlp": (
+        "mlp",
+        dict(method="bitfit", trainable=dpjax.named("dense1", base=dpjax.bias_only)),
+    ),
 }
 
 
@@ -70,9 +76,10 @@ def test_a_bad_row_leaves_every_other_row_exact(x64, path, where):
         def loss_fn(p, b):
             logits = model.apply({"params": p}, b["x"])
             s = jnp.sum(b["x"].reshape(len(logits), -1) ** 2, axis=1, keepdims=True)
+            s = s.astype(logits.dtype)
             return base(p, b) + 1e-3 * jnp.sqrt(jnp.sum((logits * s) ** 2, axis=1))
     else:
-        x[2, 0, 0, 0] = np.nan
+        x.reshape(6, -1)[2, 0] = np.nan
         loss_fn = base
         if where == "padding":
             mask[2] = False
@@ -138,7 +145,7 @@ def test_out_of_range_token_ids_behave_alike_under_every_engine(x64, method):
     np.testing.assert_allclose(info.norms, want_info.norms, rtol=1e-8)
     assert int(info.num_nonfinite) == 1  # row 4, under every engine
     report = audit.sensitivity_replay(
-        dpjax.clipped_grad(loss_fn, method=method, **kw), params, {**batch, "x": ids}, rows=6
+        dpjax.clipped_grad(loss_fn, method=method, **kw), params, {**batch, "x": ids}, rows=2
     )
     assert report.ok, report.summary()
 
@@ -226,12 +233,14 @@ def test_check_engine_catches_a_loss_that_mixes_examples(method):
     model, params, batch = toy_models.make("mlp")
     loss_fn = toy_models.xent_loss(model)
     trainable = dpjax.bias_only if method == "bitfit" else None
-    kw = dict(method=method, trainable=trainable, l2_clip=100.0)
+    kw = dict(method=method, trainable=trainable, l2_clip=100.0, num_examples=3)
     dpjax.check_engine(loss_fn, params, batch, **kw)  # independent examples pass
     with pytest.raises(dpjax.EngineMismatchError, match=r"not independent.*example \d"):
         dpjax.check_engine(planted.mixing_loss(loss_fn), params, batch, **kw)
     # the vmap engine runs each example alone: the same loss cannot mix there
-    dpjax.check_engine(planted.mixing_loss(loss_fn), params, batch, method="vmap", l2_clip=100.0)
+    dpjax.check_engine(
+        planted.mixing_loss(loss_fn), params, batch, method="vmap", l2_clip=100.0, num_examples=3
+    )
 
 
 def test_clip_and_key_arguments_are_validated_with_the_value_named():

@@ -78,8 +78,9 @@ def _setup(case):
     return params, batch, loss_fn, method, kw
 
 
+@pytest.mark.slow
 @settings(
-    max_examples=12,
+    max_examples=16,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

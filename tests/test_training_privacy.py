@@ -10,14 +10,13 @@ import jax
 import numpy as np
 import pytest
 from accounting_oracle import REL, oracle_epsilon, poisson_event, without_replacement_event
+from test_training_loop import _config as _loop_config
+from test_training_loop import _trainer
 
 from dpjax import accounting
-from dpjax.training import Trainer
 from dpjax.training.metrics import read_jsonl
 from dpjax.training.settings import ConfigError, TrainSettings
 from experiments.configs import toy
-
-ONE = jax.devices()[:1]
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +25,7 @@ def task():
 
 
 def _config(method="dp_full", steps=3, sigma=1.0):
-    c = toy.get_config(method)
-    c.steps, c.epochs = steps, None
-    c.privacy.target_epsilon = None
-    c.privacy.noise_multiplier = sigma
-    c.privacy.accountant = "rdp"
-    return c
-
-
-def _trainer(cfg, workdir, task):
-    return Trainer(cfg, str(workdir), task=task, devices=ONE)
+    return _loop_config(method, steps, sigma)
 
 
 def _files_text(root):
@@ -227,3 +217,22 @@ def test_a_failure_after_training_leaves_a_checkpoint_and_partial_results(task, 
         )
     )  # fmt: skip
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+
+
+def test_run_secrets_streams_are_independent_and_round_trip():
+    from dpjax.randomness import RunSecrets, secret_key
+
+    s = RunSecrets.draw()
+    assert RunSecrets.draw().root != s.root
+    k0, k1 = (np.asarray(jax.random.key_data(s.key(f"noise/phase{i}"))) for i in (0, 1))
+    assert not np.array_equal(k0, k1)
+    assert s.seed("sampler") != s.seed("loss/1") and s.seed("sampler") == s.seed("sampler")
+    back = RunSecrets.from_checkpoint(json.loads(json.dumps(s.to_checkpoint())))
+    assert back.root == s.root and not back.user_supplied
+    assert str(s.root) not in repr(s) and str(s.root) not in str(s)
+    with pytest.raises(ValueError, match="-1"):
+        RunSecrets.from_seed(-1)
+    with pytest.raises(ValueError, match="malformed"):
+        RunSecrets.from_checkpoint({"root": "1"})
+    a, b = (np.asarray(jax.random.key_data(secret_key())) for _ in range(2))
+    assert not np.array_equal(a, b)

@@ -58,7 +58,7 @@ import jax.numpy as jnp
 from dpjax.clip_rules import ClipPlan
 from dpjax.engines import register_engine
 from dpjax.engines import taps as taps_lib
-from dpjax.engines.base import EngineResult
+from dpjax.engines.base import EngineResult, vmapped
 from dpjax.engines.reads import read_outside
 from dpjax.engines.vmap import clip_and_sum
 from dpjax.partition import Path, combine, leaf_paths, path_to_str
@@ -241,7 +241,7 @@ def _batched(loss_fn: Any, params: Any, batch: Any, plan: TapPlan, size: int):
         return jnp.sum(loss), loss
 
     grads, loss = jax.grad(total, has_aux=True)(zeros)
-    return loss, grads, []
+    return loss, grads, [], False
 
 
 def _vmapped(
@@ -267,8 +267,8 @@ def _vmapped(
         in_axes=(None, None, 0),
         spmd_axis_name=spmd_axis_name,
     )
-    loss, (tap_grads, direct_grads) = fn(zeros, direct_leaves, batch)
-    return loss, tap_grads, direct_grads
+    (loss, (tap_grads, direct_grads)), mixes = vmapped(fn, zeros, direct_leaves, batch)
+    return loss, tap_grads, direct_grads, mixes
 
 
 @register_engine("bitfit")
@@ -318,9 +318,11 @@ def bitfit_engine(
     leaves = jax.tree.leaves(train)
     if use_vmap:
         rest = combine(_tapped_only(train, tplan), frozen)
-        loss, tap_grads, direct_grads = _vmapped(loss_fn, train, rest, batch, tplan, spmd_axis_name)
+        loss, tap_grads, direct_grads, mixes = _vmapped(
+            loss_fn, train, rest, batch, tplan, spmd_axis_name
+        )
     else:
-        loss, tap_grads, direct_grads = _batched(loss_fn, params, batch, tplan, size)
+        loss, tap_grads, direct_grads, mixes = _batched(loss_fn, params, batch, tplan, size)
 
     per_example: list[Any] = [None] * len(leaves)
     for s in tplan.sites:
@@ -333,7 +335,7 @@ def bitfit_engine(
             raise ValueError(f"bitfit: trainable leaf {path_to_str(paths[i])!r} got no gradient")
     tree = jax.tree.unflatten(jax.tree.structure(train), per_example)
     result = clip_and_sum(tree, plan, batch["mask"])
-    return result._replace(loss=loss, mixes_rows=use_vmap)
+    return result._replace(loss=loss, mixes_rows=mixes)
 
 
 def _tapped_only(train: Any, tplan: TapPlan) -> Any:

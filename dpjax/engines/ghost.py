@@ -44,7 +44,7 @@ from dpjax.clip_rules import ClipPlan, sum_dtype
 from dpjax.engines import ghost_norms as gn
 from dpjax.engines import register_engine
 from dpjax.engines import taps as taps_lib
-from dpjax.engines.base import EngineResult
+from dpjax.engines.base import EngineResult, vmapped
 from dpjax.engines.ghost_layers import ExplicitPart, FactoredPart, adapter_for
 from dpjax.engines.ghost_plan import GhostPlan, make_ghost_plan
 from dpjax.partition import combine, leaf_paths, path_to_str
@@ -79,7 +79,7 @@ def _batched(loss_fn: Any, params: Any, batch: Any, gplan: GhostPlan, size: int)
         return jnp.sum(loss), (loss, inputs, kw)
 
     g, (loss, a, kw) = jax.grad(total, has_aux=True)(_tap_zeros(gplan, size))
-    return loss, g, a, kw, []
+    return loss, g, a, kw, [], False
 
 
 def _vmapped(loss_fn: Any, train: Any, frozen: Any, batch: Any, gplan: GhostPlan, spmd: Any):
@@ -109,8 +109,8 @@ def _vmapped(loss_fn: Any, train: Any, frozen: Any, batch: Any, gplan: GhostPlan
         spmd_axis_name=spmd,
     )
     size = batch["mask"].shape[0]
-    (g, d), (loss, (a, kw)) = fn(_tap_zeros(gplan, size), direct, batch)
-    return loss, g, a, kw, d
+    ((g, d), (loss, (a, kw))), mixes = vmapped(fn, _tap_zeros(gplan, size), direct, batch)
+    return loss, g, a, kw, d, mixes
 
 
 def _leaf_parts(gplan: GhostPlan, g: dict, a: dict, kw: dict, num_leaves: int) -> list[list[Any]]:
@@ -172,9 +172,11 @@ def ghost_engine(
     gplan = make_ghost_plan(loss_fn, params, batch, paths)
     if gplan.fallback:
         log.info(gplan.describe(paths))
-        loss, g, a, kw, direct = _vmapped(loss_fn, train, frozen, batch, gplan, spmd_axis_name)
+        loss, g, a, kw, direct, mixes = _vmapped(
+            loss_fn, train, frozen, batch, gplan, spmd_axis_name
+        )
     else:
-        loss, g, a, kw, direct = _batched(loss_fn, params, batch, gplan, size)
+        loss, g, a, kw, direct, mixes = _batched(loss_fn, params, batch, gplan, size)
     parts = _leaf_parts(gplan, g, a, kw, len(leaves))
     for i, d in zip(gplan.fallback, direct, strict=True):
         parts[i] = [ExplicitPart(d)]
@@ -188,4 +190,4 @@ def ghost_engine(
         _clipped(p, plan.leaf_factor(factors, i), keep, leaves[i]) for i, p in enumerate(parts)
     ]
     tree = jax.tree.unflatten(treedef, summed)
-    return EngineResult(tree, sq_norms, loss, keep, mixes_rows=bool(gplan.fallback))
+    return EngineResult(tree, sq_norms, loss, keep, mixes_rows=mixes)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from dpjax.clip_rules import ClipPlan, norm_dtype, sum_dtype
 from dpjax.engines import register_engine
-from dpjax.engines.base import EngineResult
+from dpjax.engines.base import EngineResult, vmapped
 from dpjax.partition import combine
 
 __all__ = ["clip_and_sum", "per_example_grads", "vmap_engine"]
@@ -25,6 +25,13 @@ def per_example_grads(
     loss_fn: Any, train: Any, frozen: Any, batch: Any, spmd_axis_name: str | None = None
 ) -> tuple[jax.Array, Any]:
     """Per-example losses ``[B]`` and gradients (leading axis ``B``) w.r.t. ``train``."""
+    (loss, grads), _ = _per_example(loss_fn, train, frozen, batch, spmd_axis_name)
+    return loss, grads
+
+
+def _per_example(
+    loss_fn: Any, train: Any, frozen: Any, batch: Any, spmd_axis_name: str | None
+) -> tuple[tuple[jax.Array, Any], bool]:
 
     def example_loss(t: Any, example: Any) -> jax.Array:
         one = jax.tree.map(lambda x: x[None], example)
@@ -39,7 +46,7 @@ def per_example_grads(
     grad_fn = jax.vmap(
         jax.value_and_grad(example_loss), in_axes=(None, 0), spmd_axis_name=spmd_axis_name
     )
-    return grad_fn(train, batch)
+    return vmapped(grad_fn, train, batch)
 
 
 def clip_and_sum(per_example: Any, plan: ClipPlan, mask: jax.Array) -> EngineResult:
@@ -77,6 +84,6 @@ def vmap_engine(
     spmd_axis_name: str | None = None,
 ) -> EngineResult:
     """Clipped sum from explicit per-example gradients (the reference engine)."""
-    loss, grads = per_example_grads(loss_fn, train, frozen, batch, spmd_axis_name)
+    (loss, grads), mixes = _per_example(loss_fn, train, frozen, batch, spmd_axis_name)
     result = clip_and_sum(grads, plan, batch["mask"])
-    return result._replace(loss=loss, mixes_rows=True)
+    return result._replace(loss=loss, mixes_rows=mixes)
