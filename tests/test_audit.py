@@ -69,8 +69,8 @@ def test_single_step_audit_fails_a_noise_scale_of_0_8_on_any_engine():
     x = np.asarray(batch["x"])
     canary = {"x": x[:1] * 100.0, "y": np.asarray(batch["y"])[:1]}
     d = {"x": x[1:], "y": np.asarray(batch["y"])[1:]}
-    for method in ("ghost", "bitfit"):
-        trainable = dpjax.bias_only if method == "bitfit" else None
+    for method in ("ghost",):  # the batched-loss engine (bitfit: test_privacy_invariants)
+        trainable = None
         grad_fn = dpjax.clipped_grad(
             toy_models.xent_loss(model), l2_clip=0.5, method=method, trainable=trainable
         )
@@ -107,7 +107,7 @@ def test_replay_trainer_on_the_real_step(variant, tmp_path):
 
 @pytest.mark.slow
 def test_replay_covers_every_engine_and_model(x64):
-    for kind in ("mlp", "cnn", "block"):
+    for kind in ("cnn", "block"):  # the MLP: tests/test_properties.py
         model, params, batch = toy_models.make(kind, dtype=jnp.float64)
         loss_fn = toy_models.xent_loss(model)
         for method, trainable in (("vmap", None), ("ghost", None), ("bitfit", dpjax.bias_only)):

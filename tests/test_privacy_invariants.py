@@ -106,6 +106,8 @@ def test_bf16_model_sensitivity_within_float32_rounding(method):
     )
     report = audit.sensitivity_replay(grad_fn, params, batch, rows=4, rtol=1e-6)
     assert report.ok, report.summary()
+    if method != "vmap":
+        return
     # the same replay catches the old behaviour (sums rounded to bf16 before the noise)
     with planted.bf16_sum():
         bad = audit.sensitivity_replay(
@@ -129,11 +131,16 @@ def test_privatize_adds_noise_in_float32_and_casts_after():
 @pytest.mark.parametrize("method", ["vmap", "bitfit", "ghost"])
 def test_out_of_range_token_ids_behave_alike_under_every_engine(x64, method):
     """id -1 is row V-1 to the forward pass (jnp.take wraps it): ghost's equal-token pairs
-    read it the same way (its norm was 1.41 C too small); id V gives nan and is dropped."""
-    model, params, batch = toy_models.make("block", dtype=jnp.float64)
-    ids = np.array(batch["x"])
-    ids[1, :3] = [-1, 10, -1]  # -1 == 10 == V - 1: one token three times
-    ids[4, 0] = 11  # outside [-V, V): the forward pass gives nan
+    read it the same way (its norm was too small); id V gives nan and is dropped. V = 64,
+    T = 7: ghost takes the Gram form for the embedding (2 T^2 <= V d)."""
+    model = toy_models.Block(vocab=64)
+    ids = np.asarray(jax.random.randint(jax.random.key(0), (6, 7), 0, 64))
+    params = model.init(jax.random.key(1), ids[:1])["params"]
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    batch = {"x": ids, "y": jnp.array([0, 1, 2, 0, 1, 2])}
+    ids = ids.copy()
+    ids[1] = [-1, 63, -1, 63, -1, 63, -1]  # -1 == 63 == V - 1: one token seven times
+    ids[4, 0] = 64  # outside [-V, V): the forward pass gives nan
     loss_fn = toy_models.xent_loss(model)
     trainable = dpjax.bias_only if method == "bitfit" else None
     kw = dict(l2_clip=0.05, trainable=trainable)
@@ -144,10 +151,11 @@ def test_out_of_range_token_ids_behave_alike_under_every_engine(x64, method):
     assert_tree_close(got, want, rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(info.norms, want_info.norms, rtol=1e-8)
     assert int(info.num_nonfinite) == 1  # row 4, under every engine
-    report = audit.sensitivity_replay(
-        dpjax.clipped_grad(loss_fn, method=method, **kw), params, {**batch, "x": ids}, rows=2
-    )
-    assert report.ok, report.summary()
+    if method == "ghost":  # the engine whose norms read the ids
+        report = audit.sensitivity_replay(
+            dpjax.clipped_grad(loss_fn, method=method, **kw), params, {**batch, "x": ids}, rows=2
+        )
+        assert report.ok, report.summary()
 
 
 def test_the_data_path_names_an_out_of_range_token_id():
@@ -168,18 +176,21 @@ class _Data:
 
 
 class MaskedNorms(nn.Module):
+    """Norm layers whose statistics skip masked features (``mask=`` varies along the
+    normalised axis, so the mask changes every position's statistics)."""
+
     @nn.compact
     def __call__(self, x, m):
         x = nn.Dense(6, name="inp")(x)
-        x = nn.LayerNorm(name="ln")(x, mask=m[..., None])
-        x = nn.RMSNorm(name="rms")(x, mask=m[..., None])
+        x = nn.LayerNorm(name="ln")(x, mask=m)
+        x = nn.RMSNorm(name="rms")(x, mask=m)
         return nn.Dense(2, name="head")(x.mean(1))
 
 
 def test_norm_layers_called_with_mask_are_exact_under_ghost(x64):
     model = MaskedNorms()
     x = jax.random.normal(jax.random.key(0), (5, 4, 3), jnp.float64)
-    m = jnp.array(np.random.default_rng(0).random((5, 4)) > 0.3).at[:, 0].set(True)
+    m = jnp.array(np.random.default_rng(0).random((5, 4, 6)) > 0.3).at[:, :, 0].set(True)
     params = jax.tree.map(
         lambda p: p.astype(jnp.float64), model.init(jax.random.key(1), x, m)["params"]
     )

@@ -80,7 +80,7 @@ def _setup(case):
 
 @pytest.mark.slow
 @settings(
-    max_examples=16,
+    max_examples=10,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
