@@ -74,10 +74,14 @@ def test_single_step_audit_fails_a_noise_scale_of_0_8_on_any_engine():
         grad_fn = dpjax.clipped_grad(
             toy_models.xent_loss(model), l2_clip=0.5, method=method, trainable=trainable
         )
-        ok = audit.single_step_audit(grad_fn, params, d, canary, noise_multiplier=1.0)
+        ok = audit.single_step_audit(
+            grad_fn, params, d, canary, noise_multiplier=1.0, trials=60_000
+        )
         assert ok.passed and ok.details["canary_shift"] == pytest.approx(1.0, rel=1e-5)
         with planted.noise_scale(0.8):
-            bad = audit.single_step_audit(grad_fn, params, d, canary, noise_multiplier=1.0)
+            bad = audit.single_step_audit(
+                grad_fn, params, d, canary, noise_multiplier=1.0, trials=60_000
+            )
         assert not bad.passed, bad.summary()
 
 

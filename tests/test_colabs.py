@@ -167,6 +167,10 @@ def test_accounting_notebook(tmp_path):
     assert all(a > 2 * b for a, b in zip(per_example, per_example[1:])), "... but sigma/B falls"
     ep = [e["sigma"] for e in r["by_epochs"]]
     assert all(a < b for a, b in zip(ep, ep[1:])), "more epochs need more noise"
+    ok, bad = r["audits"]["correct"], r["audits"]["noise x 0.8"]
+    assert ok["replay_ok"] and ok["single_step_passed"] and ok["replay_max_ratio"] <= 1 + 1e-5
+    assert ok["epsilon_lower"] <= ok["epsilon_claimed"]
+    assert not bad["replay_ok"] and abs(bad["noise_std_ratio"] - 0.8) < 0.05
 
 
 def test_optax_chains_notebook(tmp_path):
