@@ -12,6 +12,7 @@ INSTALL_REQUIRES = [
     "absl-py==2.5.1",
     "tensorflow-datasets==4.9.10",
     "numpy==2.4.6",
+    "scipy==1.17.1",
     "ml-collections==1.1.0",
     "orbax-checkpoint==0.12.8",
     "safetensors==0.8.0",
@@ -43,6 +44,7 @@ TEST_REQUIRES = (
     + [
         "pytest==9.0.3",
         "pytest-xdist==3.8.0",
+        "hypothesis==6.155.2",
         "ruff==0.17.6",
     ]
 )
