@@ -86,6 +86,7 @@ class ReplayReport:
 
     @property
     def ok(self) -> bool:
+        """Every check passed."""
         return not self.failures
 
     def assert_ok(self) -> ReplayReport:

@@ -83,6 +83,7 @@ class AuditResult:
         return self.epsilon_lower <= self.epsilon_claimed
 
     def summary(self) -> str:
+        """One line: eps_hat, its confidence, the claim and the verdict."""
         verdict = "PASS" if self.passed else "FAIL"
         return (
             f"{self.name}: eps_hat = {self.epsilon_lower:.3f} (confidence {1 - self.alpha:g}) "
