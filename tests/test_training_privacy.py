@@ -141,14 +141,30 @@ def test_released_loss_is_noisy_and_accounted_as_one_joint_gaussian(task, tmp_pa
     assert res["loss_release"] == {"noise_multiplier": 2.0, "loss_clip": 5.0, "log_every": 2}
 
 
-def test_released_loss_noise_has_the_stated_scale(task):
-    """The noise of the released loss: std s * L / E[B] over many secret streams."""
+def test_released_loss_noise_has_the_stated_scale(task, tmp_path):
+    """train/loss_dp = (clipped loss sum + N(0, (s L)^2)) / E[B], through the trainer's own
+    release code, over many secrets: mean and std of the noise match, wrong scales don't."""
     from dpjax.randomness import RunSecrets
+    from dpjax.training import release
+    from dpjax.training.step import MicroStats
 
-    draws = [RunSecrets.draw().numpy_rng("loss/2").standard_normal() for _ in range(4000)]
-    assert np.std(draws) == pytest.approx(1.0, rel=0.05)
+    cfg = _config(steps=2)
+    cfg.privacy.loss_noise_multiplier, cfg.privacy.loss_clip = 3.0, 5.0
+    trainer = _trainer(cfg, tmp_path, task)
+    plan, e = trainer.plan, trainer.plan.expected_batch_size
+    total = 123.0
+    stats = MicroStats(*(np.float32(x) for x in (0.0, 64.0, 0.0, 0.0, total)))
+    ledger = accounting.PrivacyLedger()
+    noise = np.array([
+        release.log_row(plan, trainer.settings, RunSecrets.draw(), stats, ledger, 2, 0)[
+            "train/loss_dp"
+        ] * e - total
+        for _ in range(3000)
+    ])  # fmt: skip
+    assert abs(noise.mean()) < 4 * 15.0 / np.sqrt(3000)
+    assert noise.std() == pytest.approx(3.0 * 5.0, rel=0.05)
     for wrong in (1.2, 0.8):
-        assert abs(np.std(draws) / wrong - 1) > 0.1
+        assert abs(noise.std() / (15.0 * wrong) - 1) > 0.1
 
 
 def test_calibration_with_loss_release_reaches_the_target_exactly(task, tmp_path):

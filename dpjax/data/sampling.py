@@ -1,7 +1,9 @@
 """Batch samplers for DP training: Poisson (the default) and fixed-size, both stateless.
 
 Each logical step ``t`` is drawn from ``np.random.default_rng([seed, t])`` alone, so every
-host draws the identical batch and resuming at step ``t`` needs no other state. A
+host draws the identical batch and resuming at step ``t`` needs no other state. In a
+private run the seed is secret (it reveals batch membership): the trainer draws it from
+OS entropy, and a sampler's ``repr`` never shows it. A
 logical batch comes back as a list of physical :class:`MicroBatch` es of fixed shape
 ``[physical_batch_size]`` (indices + a bool mask, ``False`` on padding rows, whose index
 is 0). A draw larger than one physical batch is split over several micro-batches of the
@@ -225,7 +227,7 @@ class PoissonSampler(_Sampler):
         return (
             f"PoissonSampler(num_examples={self.num_examples}, sampling_rate="
             f"{self.sampling_rate!r}, physical_batch_size={self.physical_batch_size}, "
-            f"seed={self.seed}, next_step={self.next_step})"
+            f"seed=<hidden>, next_step={self.next_step})"
         )
 
 
@@ -312,7 +314,7 @@ class FixedSizeSampler(_Sampler):
     def __repr__(self) -> str:
         return (
             f"FixedSizeSampler(num_examples={self.num_examples}, batch_size={self.batch_size}, "
-            f"physical_batch_size={self.physical_batch_size}, seed={self.seed}, "
+            f"physical_batch_size={self.physical_batch_size}, seed=<hidden>, "
             f"next_step={self.next_step})"
         )
 
