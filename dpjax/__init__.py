@@ -11,6 +11,7 @@ from typing import Any
 from dpjax import optim
 from dpjax.check import EngineMismatchError, check_engine
 from dpjax.clipping import ClipInfo, ClippedGrad, clipped_grad
+from dpjax.mechanism import Mechanism, MicroStats
 from dpjax.partition import all_leaves, bias_only, combine, named, partition
 from dpjax.randomness import secret_key
 
@@ -22,6 +23,8 @@ __all__ = [
     "ClipInfo",
     "ClippedGrad",
     "EngineMismatchError",
+    "Mechanism",
+    "MicroStats",
     "accounting",
     "all_leaves",
     "audit",

@@ -38,7 +38,8 @@ delta has no default anywhere: pick it explicitly, e.g. with :func:`delta_for`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from dpjax.ledger import (
     ACCOUNTANTS,
@@ -69,6 +70,7 @@ __all__ = [
     "delta_for",
     "epsilon",
     "joint_noise_multiplier",
+    "step_segment",
 ]
 
 _SIGMA_MAX = 1e4  # calibration gives up above this noise multiplier
@@ -256,6 +258,39 @@ def joint_noise_multiplier(noise_multiplier: float, *others: float) -> float:
             return 0.0
         total += 1.0 / (s * s)
     return total**-0.5
+
+
+def step_segment(
+    noise_multiplier: float,
+    sampling: Mapping[str, Any],
+    *,
+    steps: int = 1,
+    loss_noise_multiplier: float | None = None,
+) -> Segment:
+    """The accounting segment of ``steps`` identical DP training steps.
+
+    The one place a training step becomes an accounting event: calibration, the ledger
+    and :class:`dpjax.Mechanism` all call it, so they cannot disagree.
+
+    Args:
+      noise_multiplier: sigma of the gradient's noise.
+      sampling: ``sampler.accounting_kwargs()``: ``sampling_rate``, ``sampling`` and
+        ``dataset_size``.
+      steps: how many such steps.
+      loss_noise_multiplier: ``s`` when each step also releases its clipped loss sum with
+        noise; the step is then one joint Gaussian (:func:`joint_noise_multiplier`).
+
+    Example:
+      >>> step_segment(1.0, {"sampling_rate": 0.01}, steps=3).steps
+      3
+      >>> round(step_segment(1.0, {"sampling_rate": 0.01},
+      ...                    loss_noise_multiplier=1.0).noise_multiplier, 4)
+      0.7071
+    """
+    sigma = noise_multiplier
+    if loss_noise_multiplier is not None:
+        sigma = joint_noise_multiplier(noise_multiplier, loss_noise_multiplier)
+    return Segment(sigma, steps=steps, **dict(sampling))
 
 
 def calibrate_segments(

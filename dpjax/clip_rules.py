@@ -31,7 +31,7 @@ __all__ = [
     "CLIP_FNS",
     "ClipPlan",
     "check_clip_norm",
-    "make_plan",
+    "clip_plan",
     "norm_dtype",
     "sum_dtype",
     "top_level_group",
@@ -163,7 +163,7 @@ class ClipPlan:
         return factors[:, self.leaf_groups[leaf_index]]
 
 
-def make_plan(
+def clip_plan(
     train: Any,
     l2_clip: float | Mapping[str, float],
     clip_fn: str = "abadi",

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dpjax.clip_rules import CLIP_FNS, ClipPlan, check_clip_norm, make_plan, sum_dtype
+from dpjax.clip_rules import CLIP_FNS, ClipPlan, check_clip_norm, clip_plan, sum_dtype
 from dpjax.engines import EngineResult, get_engine
 from dpjax.partition import Path, Predicate, partition
 
@@ -143,13 +143,21 @@ class ClippedGrad:
     def plan(self, params: Any) -> ClipPlan:
         """The clip plan (groups, norms) this function uses for ``params``."""
         train, _ = partition(params, self.trainable)
-        return make_plan(train, self.l2_clip, self.clip_fn, self.gamma, self.group_fn)
+        return clip_plan(train, self.l2_clip, self.clip_fn, self.gamma, self.group_fn)
 
     def __call__(self, params: Any, batch: Mapping[str, Any]) -> tuple[Any, ClipInfo]:
+        train, frozen = partition(params, self.trainable)
+        return self.split_call(train, frozen, batch)
+
+    def split_call(self, train: Any, frozen: Any, batch: Mapping[str, Any]) -> tuple[Any, ClipInfo]:
+        """Like calling it, on parameters already split by ``trainable``.
+
+        ``train, frozen = dpjax.partition(params, grad_fn.trainable)``; the training
+        state keeps that split, so a step never re-partitions the parameters.
+        """
         size = _batch_size(batch)
         batch = _with_mask(batch, size)
-        train, frozen = partition(params, self.trainable)
-        plan = make_plan(train, self.l2_clip, self.clip_fn, self.gamma, self.group_fn)
+        plan = clip_plan(train, self.l2_clip, self.clip_fn, self.gamma, self.group_fn)
         engine = get_engine(self.method)
 
         def run_engine(micro: Any) -> EngineResult:

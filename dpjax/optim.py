@@ -16,11 +16,12 @@ Example:
     >>> state = tx.init(params)
     >>> updates, state = tx.update({"w": jnp.ones(3)}, state, params)
 
-Gradient accumulation: sum the clipped sums of ``k`` micro-batches and privatize once per
-logical batch. Either call ``grad_fn`` on each micro-batch and add the results yourself
-(then one ``tx.update``), or wrap the whole chain with :func:`accumulate`, which sums
-``k`` successive updates and runs the inner chain (noise included) once on the sum.
-Never add noise per micro-batch.
+Gradient accumulation: sum the clipped sums of a logical batch's micro-batches and
+privatize once per logical batch -- :meth:`dpjax.Mechanism.logical_step` does exactly that
+for any number of micro-batches (a Poisson draw gives a variable number). Never add noise
+per micro-batch. ``privatize`` and ``dp_aggregate`` take keyword arguments only: the
+noise multiplier and the clip norm are both plain numbers, and a swap must not pass
+silently.
 """
 
 from __future__ import annotations
@@ -33,12 +34,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dpjax.clip_rules import make_plan, sum_dtype
+from dpjax.clip_rules import clip_plan, sum_dtype
 from dpjax.engines.vmap import clip_and_sum
 
 __all__ = [
     "PrivatizeState",
-    "accumulate",
     "dp_adam",
     "dp_aggregate",
     "dp_sgd",
@@ -113,6 +113,7 @@ def _param_dtypes(params: Any, treedef: Any) -> list[Any]:
 
 
 def privatize(
+    *,
     noise_multiplier: float,
     l2_clip: float,
     expected_batch_size: int,
@@ -154,6 +155,7 @@ def privatize(
 
 
 def dp_aggregate(
+    *,
     l2_clip: float,
     noise_multiplier: float,
     expected_batch_size: int,
@@ -166,7 +168,12 @@ def dp_aggregate(
     non-finite gradient contribute zero.
     """
     clip = _check_number("l2_clip", l2_clip, positive=True)
-    inner = privatize(noise_multiplier, clip, expected_batch_size, key)
+    inner = privatize(
+        noise_multiplier=noise_multiplier,
+        l2_clip=clip,
+        expected_batch_size=expected_batch_size,
+        key=key,
+    )
 
     def update_fn(updates: Any, state: PrivatizeState, params: Any = None) -> tuple[Any, Any]:
         leaves = jax.tree.leaves(updates)
@@ -176,7 +183,7 @@ def dp_aggregate(
                 f"dp_aggregate needs per-example gradients with one leading batch axis; "
                 f"got leading dimensions {sorted(map(str, sizes))}"
             )
-        plan = make_plan(updates, clip)
+        plan = clip_plan(updates, clip)
         (size,) = sizes
         summed = clip_and_sum(updates, plan, jnp.ones((size,), bool)).grads
         return inner.update(summed, state, params)
@@ -196,7 +203,12 @@ def dp_sgd(
 ) -> optax.GradientTransformation:
     """DP-SGD on clipped sums: ``chain(privatize(...), sgd(...))``."""
     return optax.chain(
-        privatize(noise_multiplier, l2_clip, expected_batch_size, key),
+        privatize(
+            noise_multiplier=noise_multiplier,
+            l2_clip=l2_clip,
+            expected_batch_size=expected_batch_size,
+            key=key,
+        ),
         optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
     )
 
@@ -215,21 +227,11 @@ def dp_adam(
 ) -> optax.GradientTransformation:
     """DP-Adam(W) on clipped sums: ``chain(privatize(...), adamw(...))``."""
     return optax.chain(
-        privatize(noise_multiplier, l2_clip, expected_batch_size, key),
+        privatize(
+            noise_multiplier=noise_multiplier,
+            l2_clip=l2_clip,
+            expected_batch_size=expected_batch_size,
+            key=key,
+        ),
         optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay),
     )
-
-
-def accumulate(inner: optax.GradientTransformation, every_k: int) -> optax.GradientTransformation:
-    """Sums ``every_k`` successive updates and applies ``inner`` once to their sum.
-
-    Put the whole DP chain inside, so noise is added once per logical batch::
-
-        tx = dpjax.optim.accumulate(optax.chain(dpjax.optim.privatize(...), optax.adam(lr)), k)
-
-    The ``every_k - 1`` intermediate calls return zero updates.
-    """
-    if isinstance(every_k, bool) or not isinstance(every_k, int) or every_k < 1:
-        raise ValueError(f"every_k must be a positive int, got {every_k!r}")
-    multi = optax.MultiSteps(inner, every_k_schedule=every_k, use_grad_mean=False)
-    return multi.gradient_transformation()

@@ -1,4 +1,4 @@
-"""privatize / dp_aggregate / accumulation: noise scale, key handling, normalisation."""
+"""privatize / dp_aggregate: noise scale, key handling, normalisation."""
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,9 @@ def test_std_check_rejects_wrong_scales():
 
 def test_privatize_noise_scale_and_normalisation():
     sigma, clip, batch = 2.0, 0.5, 10
-    tx = dpjax.optim.privatize(sigma, clip, batch, key=jax.random.key(1))
+    tx = dpjax.optim.privatize(
+        noise_multiplier=sigma, l2_clip=clip, expected_batch_size=batch, key=jax.random.key(1)
+    )
     zeros = {"a": jnp.zeros(N // 2), "b": jnp.zeros((N // 4, 2))}
     state = tx.init(zeros)
     noisy, state = jax.jit(tx.update)(zeros, state)
@@ -35,13 +37,17 @@ def test_privatize_noise_scale_and_normalisation():
     assert std_matches(samples, sigma * clip / batch)
     assert not std_matches(samples, 1.5 * sigma * clip / batch)
     # the signal is divided by the public expected batch size
-    tx0 = dpjax.optim.privatize(0.0, clip, batch, key=jax.random.key(1))
+    tx0 = dpjax.optim.privatize(
+        noise_multiplier=0.0, l2_clip=clip, expected_batch_size=batch, key=jax.random.key(1)
+    )
     out, _ = tx0.update({"a": jnp.full(3, 7.0)}, tx0.init(None))
     np.testing.assert_allclose(out["a"], 0.7, rtol=1e-6)
 
 
 def test_key_advances_and_leaves_get_independent_noise():
-    tx = dpjax.optim.privatize(1.0, 1.0, 1, key=jax.random.key(3))
+    tx = dpjax.optim.privatize(
+        noise_multiplier=1.0, l2_clip=1.0, expected_batch_size=1, key=jax.random.key(3)
+    )
     zeros = {"a": jnp.zeros(1000), "b": jnp.zeros(1000)}
     s0 = tx.init(zeros)
     n1, s1 = tx.update(zeros, s0)
@@ -55,7 +61,9 @@ def test_key_advances_and_leaves_get_independent_noise():
 
 
 def test_none_leaves_pass_through():
-    tx = dpjax.optim.privatize(1.0, 1.0, 4, key=jax.random.key(0))
+    tx = dpjax.optim.privatize(
+        noise_multiplier=1.0, l2_clip=1.0, expected_batch_size=4, key=jax.random.key(0)
+    )
     upd = {"w": None, "b": jnp.zeros(3)}
     out, _ = tx.update(upd, tx.init(upd))
     assert out["w"] is None and out["b"].shape == (3,)
@@ -63,36 +71,32 @@ def test_none_leaves_pass_through():
 
 def test_no_default_key_and_bad_values():
     with pytest.raises(TypeError, match="PRNG key is required"):
-        dpjax.optim.privatize(1.0, 1.0, 8, key=None)
+        dpjax.optim.privatize(noise_multiplier=1.0, l2_clip=1.0, expected_batch_size=8, key=None)
     with pytest.raises(ValueError, match="noise_multiplier.*-0.5"):
-        dpjax.optim.privatize(-0.5, 1.0, 8, key=jax.random.key(0))
+        dpjax.optim.privatize(
+            noise_multiplier=-0.5, l2_clip=1.0, expected_batch_size=8, key=jax.random.key(0)
+        )
     with pytest.raises(ValueError, match="l2_clip.*0.0"):
-        dpjax.optim.privatize(1.0, 0.0, 8, key=jax.random.key(0))
+        dpjax.optim.privatize(
+            noise_multiplier=1.0, l2_clip=0.0, expected_batch_size=8, key=jax.random.key(0)
+        )
     with pytest.raises(ValueError, match="expected_batch_size.*0"):
-        dpjax.optim.privatize(1.0, 1.0, 0, key=jax.random.key(0))
+        dpjax.optim.privatize(
+            noise_multiplier=1.0, l2_clip=1.0, expected_batch_size=0, key=jax.random.key(0)
+        )
     with pytest.raises(TypeError, match="PRNG key"):
-        dpjax.optim.privatize(1.0, 1.0, 8, key=jnp.zeros(3))
+        dpjax.optim.privatize(
+            noise_multiplier=1.0, l2_clip=1.0, expected_batch_size=8, key=jnp.zeros(3)
+        )
 
 
-@pytest.mark.parametrize("k", [2, 4])
-def test_accumulated_logical_batch_gets_noise_once(k):
-    """Noise variance of an accumulated logical batch is sigma^2 C^2, not k or 1/k times it."""
-    sigma, clip, batch = 1.0, 1.0, 1
-    inner = optax.chain(
-        dpjax.optim.privatize(sigma, clip, batch, key=jax.random.key(7)), optax.sgd(1.0)
-    )
-    tx = dpjax.optim.accumulate(inner, every_k=k)
-    grads = {"w": jnp.full(N, 0.25)}  # each micro-batch's clipped sum
-    state = tx.init(grads)
-    update = jax.jit(tx.update)
-    for i in range(k):
-        upd, state = update(grads, state, grads)
-        if i < k - 1:
-            np.testing.assert_array_equal(upd["w"], 0.0)
-    noise = -np.asarray(upd["w"]) - 0.25 * k  # sgd negates; the signal is the SUM of k sums
-    assert std_matches(noise, sigma * clip / batch)
-    assert not std_matches(noise, sigma * clip * np.sqrt(k) / batch)
-    assert not std_matches(noise, sigma * clip / np.sqrt(k) / batch)
+def test_privatize_and_dp_aggregate_are_keyword_only():
+    """sigma and C are both plain numbers: a positional swap must not pass silently."""
+    with pytest.raises(TypeError):
+        dpjax.optim.privatize(1.0, 0.5, 8, jax.random.key(0))
+    with pytest.raises(TypeError):
+        dpjax.optim.dp_aggregate(0.5, 1.0, 8, jax.random.key(0))
+    assert not hasattr(dpjax.optim, "accumulate")  # dpjax.Mechanism.logical_step instead
 
 
 def test_dp_aggregate_matches_manual_clip_sum():

@@ -267,6 +267,10 @@ def test_clip_and_key_arguments_are_validated_with_the_value_named():
         dpjax.clipped_grad(loss_fn, l2_clip={"w": float("nan")})
     keys = jax.random.split(jax.random.key(0), 4)
     with pytest.raises(TypeError, match=r"batch of keys of shape \(4,\)"):
-        dpjax.optim.privatize(1.0, np.float32(1.0), 4, keys)
-    tx = dpjax.optim.privatize(1.0, np.float64(1.0), np.int64(4), keys[0])
+        dpjax.optim.privatize(
+            noise_multiplier=1.0, l2_clip=np.float32(1.0), expected_batch_size=4, key=keys
+        )
+    tx = dpjax.optim.privatize(
+        noise_multiplier=1.0, l2_clip=np.float64(1.0), expected_batch_size=np.int64(4), key=keys[0]
+    )
     tx.update(g, tx.init(g))

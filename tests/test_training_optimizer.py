@@ -1,6 +1,5 @@
 """Per-name learning-rate multipliers in the trainer's optax chain."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -21,8 +20,7 @@ def test_scale_by_name_scales_only_named_leaves():
 def test_multiplier_equals_a_larger_learning_rate_for_that_leaf():
     """SGD with lr 0.1 and multiplier 5 on the head moves it like lr 0.5; others unchanged."""
     grads = {"classifier": {"kernel": jnp.full(2, 2.0)}, "enc": {"bias": jnp.full(2, 2.0)}}
-    kw = dict(lr=0.1, steps=10, noise_multiplier=0.0, l2_clip=1.0, expected_batch_size=1,
-              key=jax.random.key(0))  # fmt: skip
+    kw = dict(lr=0.1, steps=10)
     plain = OptimizerSettings(name="sgd", lr=0.1, schedule="constant")
     boosted = OptimizerSettings(
         name="sgd", lr=0.1, schedule="constant", lr_multipliers={"classifier": 5.0}

@@ -144,9 +144,9 @@ def test_released_loss_is_noisy_and_accounted_as_one_joint_gaussian(task, tmp_pa
 def test_released_loss_noise_has_the_stated_scale(task, tmp_path):
     """train/loss_dp = (clipped loss sum + N(0, (s L)^2)) / E[B], through the trainer's own
     release code, over many secrets: mean and std of the noise match, wrong scales don't."""
+    from dpjax.mechanism import MicroStats
     from dpjax.randomness import RunSecrets
     from dpjax.training import release
-    from dpjax.training.step import MicroStats
 
     cfg = _config(steps=2)
     cfg.privacy.loss_noise_multiplier, cfg.privacy.loss_clip = 3.0, 5.0

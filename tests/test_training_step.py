@@ -64,9 +64,9 @@ def test_accumulated_micro_batches_equal_one_big_batch(task, small, big):
     state = small.initial_state()
     acc = None
     for mb in small.sampler.sample(0):
-        out = small.phase_fns(0).micro(state.train, state.frozen, small.load_batch(*mb))
-        acc = out if acc is None else small._add(acc, out)
-    one = big.phase_fns(0).micro(
+        out = small.mechanism(0).jitted.micro_step(state.train, state.frozen, small.load_batch(*mb))
+        acc = out if acc is None else small.mechanism(0).jitted.add(acc, out)
+    one = big.mechanism(0).jitted.micro_step(
         state.train, state.frozen, big.load_batch(*big.sampler.sample(0)[0])
     )
     _close(acc, one, rtol=1e-5)
@@ -94,8 +94,8 @@ def test_sharded_step_equals_single_device(task):
     assert sharded.mesh.shape["data"] == 8
     mb = single.sampler.sample(0)[0]
     s1, s8 = single.initial_state(), sharded.initial_state()
-    g1, st1 = single.phase_fns(0).micro(s1.train, s1.frozen, single.load_batch(*mb))
-    g8, st8 = sharded.phase_fns(0).micro(s8.train, s8.frozen, sharded.load_batch(*mb))
+    g1, st1 = single.mechanism(0).jitted.micro_step(s1.train, s1.frozen, single.load_batch(*mb))
+    g8, st8 = sharded.mechanism(0).jitted.micro_step(s8.train, s8.frozen, sharded.load_batch(*mb))
     _close(g1, g8, rtol=1e-5)  # same clipped sums before noise
     np.testing.assert_allclose(st1.loss_sum, st8.loss_sum, rtol=1e-5)
     # whole logical steps, noise included: same key gives the same noise
@@ -107,7 +107,12 @@ def test_per_example_gradients_stay_sharded(task):
     trainer = Trainer(_config(32, sigma=1.0), "/unused", task=task)
     state = trainer.initial_state()
     batch = trainer.load_batch(*trainer.sampler.sample(0)[0])
-    hlo = trainer.phase_fns(0).micro.lower(state.train, state.frozen, batch).compile().as_text()
+    hlo = (
+        trainer.mechanism(0)
+        .jitted.micro_step.lower(state.train, state.frozen, batch)
+        .compile()
+        .as_text()
+    )
     # dense1 kernel is [8, 16]; per-example grads live as f32[4,8,16] (32 rows / 8 devices)
     assert re.search(r"f32\[4,8,16\]", hlo)
     assert not re.search(r"f32\[32,8,16\]", hlo)

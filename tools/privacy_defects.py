@@ -256,7 +256,8 @@ def config_and_validation() -> None:
         ("l2_clip=np.float32(1.0)", lambda: dpjax.clipped_grad(loss_fn, l2_clip=np.float32(1.0))),
         ("l2_clip={}", lambda: dpjax.clipped_grad(loss_fn, l2_clip={}).sensitivity),
         ("privatize(key=batch of 4 keys)",
-         lambda: dpjax.optim.privatize(1.0, 1.0, 4, jax.random.split(jax.random.key(0), 4))),
+         lambda: dpjax.optim.privatize(noise_multiplier=1.0, l2_clip=1.0, expected_batch_size=4,
+                                       key=jax.random.split(jax.random.key(0), 4))),
     ):  # fmt: skip
         try:
             out = make()

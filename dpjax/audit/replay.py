@@ -286,7 +286,12 @@ def privatize_replayer(
     noise_multiplier: float, l2_clip: float, expected_batch_size: float, key: jax.Array, params: Any
 ) -> Callable[[Any, int], list[Any]]:
     """``(tree, count) -> count`` successive updates of :func:`dpjax.optim.privatize`."""
-    tx = optim.privatize(noise_multiplier, l2_clip, expected_batch_size, key)
+    tx = optim.privatize(
+        noise_multiplier=noise_multiplier,
+        l2_clip=l2_clip,
+        expected_batch_size=expected_batch_size,
+        key=key,
+    )
     update = jax.jit(tx.update)
 
     def run(tree: Any, count: int) -> list[Any]:

@@ -152,7 +152,10 @@ def single_step_audit(
     direction = moved / norm if norm > 0 else moved
     train, _ = partition(params, grad_fn.trainable)
     targets = jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), sum_dtype(x.dtype)), train)
-    tx = optim.privatize(noise_multiplier, sens, e, secret_key() if key is None else key)
+    key = secret_key() if key is None else key
+    tx = optim.privatize(
+        noise_multiplier=noise_multiplier, l2_clip=sens, expected_batch_size=e, key=key
+    )
     base = _flat(s_d)
 
     def body(state: Any, with_canary: jax.Array) -> tuple[Any, jax.Array]:

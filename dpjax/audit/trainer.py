@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +27,6 @@ import numpy as np
 from dpjax.audit.replay import ReplayReport, derived_canaries, privatize_replayer, replay
 from dpjax.audit.single_step import AuditResult, single_step_audit
 from dpjax.clip_rules import sum_dtype
-from dpjax.clipping import clipped_grad
 
 __all__ = ["replay_trainer", "single_step_trainer"]
 
@@ -65,34 +65,35 @@ def replay_trainer(
     index = plan.phase_index(step)
     if state is None:
         state = trainer.initial_state(index)
-    fns = trainer.phase_fns(index)
+    mech = trainer.mechanism(index)
+    micro = mech.jitted.micro_step
     batches = _host_batches(trainer, step)
     size = len(batches[0]["mask"])
 
     def sum_fn(micro_batches: Sequence[dict[str, np.ndarray]]) -> Any:
         total = None
         for b in micro_batches:
-            g, _ = fns.micro(state.train, state.frozen, global_batch(b, trainer.mesh, size))
+            g, _ = micro(state.train, state.frozen, global_batch(b, trainer.mesh, size))
             total = g if total is None else jax.tree.map(jnp.add, total, g)
         return total
 
     key = find_privatize_state(state.opt_state).key
     targets = jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), sum_dtype(x.dtype)), state.train)
     privatizer = privatize_replayer(
-        plan.noise_multiplier, plan.l2_clip, plan.expected_batch_size, key, targets
+        mech.noise_multiplier, mech.sensitivity, mech.expected_batch_size, key, targets
     )
     canaries = derived_canaries(batches[0], trainer.task.vocab_sizes)
     return replay(
         sum_fn,
         batches,
-        plan.l2_clip,
+        mech.sensitivity,
         canaries=canaries,
         rows=rows,
         fixed_shapes=True,
         rtol=rtol,
         privatizer=privatizer,
-        noise_std=plan.noise_multiplier * plan.l2_clip,
-        expected_batch_size=plan.expected_batch_size,
+        noise_std=mech.noise_std,
+        expected_batch_size=mech.expected_batch_size,
     )
 
 
@@ -104,10 +105,9 @@ def single_step_trainer(
     ``D`` is the real rows of the first micro-batch of step 0; the canary is the first
     training example not in ``D``; ``delta`` defaults to the run's.
     """
-    plan, settings = trainer.plan, trainer.settings
+    plan = trainer.plan
     if not plan.private:
         raise ValueError("single_step_trainer audits private runs; this config is non-private")
-    phase = plan.phases[0]
     batch = _host_batches(trainer, 0)[0]
     real = batch["mask"]
     d = {k: v[real] for k, v in batch.items() if k != "mask"}
@@ -115,22 +115,16 @@ def single_step_trainer(
     outside = next(i for i in range(trainer.task.num_train) if i not in chosen)
     row = trainer.task.train_data.take(np.array([outside]))
     canary = {k: np.asarray(v) for k, v in row.items() if k != "mask"}
-    grad_fn = clipped_grad(
-        trainer.task.loss_fn,
-        l2_clip=plan.l2_clip,
-        method=phase.engine,
-        trainable=phase.trainable,
-        clip_fn=settings.privacy.clip_fn,
-        gamma=settings.privacy.gamma,
-    )
+    mech = trainer.mechanism(0)
+    grad_fn = dataclasses.replace(mech.grad_fn, spmd_axis_name=None)
     params = trainer.initial_state(0).params
     return single_step_audit(
         grad_fn,
         params,
         d,
         canary,
-        noise_multiplier=plan.noise_multiplier,
-        expected_batch_size=plan.expected_batch_size,
+        noise_multiplier=mech.noise_multiplier,
+        expected_batch_size=mech.expected_batch_size,
         trials=trials,
         alpha=alpha,
         delta=plan.delta if delta is None else delta,

@@ -6,12 +6,11 @@ Example:
     >>> results = training.train(toy.get_config("smoke"), "/tmp/run")  # doctest: +SKIP
 """
 
+from dpjax.train_state import TrainState, init_state
 from dpjax.training.checkpoint import Checkpointer, CheckpointError, fingerprint
 from dpjax.training.loop import Trainer, make_sampler, train
 from dpjax.training.plan import Phase, RunPlan, make_plan
 from dpjax.training.settings import METHODS, ConfigError, TrainSettings
-from dpjax.training.state import TrainState, init_state, switch_phase
-from dpjax.training.step import MicroStats, make_apply, make_micro_step
 from dpjax.training.task import Dataset, Task, build_task
 
 __all__ = [
@@ -20,7 +19,6 @@ __all__ = [
     "Checkpointer",
     "ConfigError",
     "Dataset",
-    "MicroStats",
     "Phase",
     "RunPlan",
     "Task",
@@ -30,10 +28,7 @@ __all__ = [
     "build_task",
     "fingerprint",
     "init_state",
-    "make_apply",
-    "make_micro_step",
     "make_plan",
     "make_sampler",
-    "switch_phase",
     "train",
 ]

@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 
 from dpjax.partition import leaf_paths, path_to_str
 from dpjax.randomness import RunSecrets
-from dpjax.training.state import TrainState
+from dpjax.train_state import TrainState
 
 __all__ = ["CheckpointError", "Checkpointer", "fingerprint"]
 

@@ -1,9 +1,9 @@
 """The host loop: one trainer for every method (config choices, not scripts).
 
 Per logical step ``t``: the sampler (stateless in ``(seed, t)``) gives fixed-shape
-micro-batches; each host loads its slice of each; the jitted micro-step's clipped sums
-are accumulated on device; one jitted ``apply`` adds the noise once and runs the
-optimizer; the ledger records one DP event. Logging, evaluation and checkpoints run on
+micro-batches; each host loads its slice of each; the phase's :class:`dpjax.Mechanism`
+runs its ``logical_step`` on them (clipped sums accumulated on device, the noise added
+once, one optimizer update, one ledger record). Logging, evaluation and checkpoints run on
 their schedules, and a run resumed from its workdir continues step count and epsilon.
 
 A private run's noise keys and sampler seed derive from one :class:`RunSecrets`
@@ -19,12 +19,11 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -32,8 +31,11 @@ import numpy as np
 import tqdm
 
 from dpjax.accounting import PrivacyLedger
+from dpjax.clipping import clipped_grad
 from dpjax.data.sampling import FixedSizeSampler, PoissonSampler, host_slice
+from dpjax.mechanism import Mechanism, MicroStats
 from dpjax.randomness import RunSecrets
+from dpjax.train_state import TrainState
 from dpjax.training import release
 from dpjax.training.checkpoint import Checkpointer, CheckpointError, fingerprint
 from dpjax.training.evaluation import Evaluator
@@ -51,8 +53,6 @@ from dpjax.training.sharding import (
     replicated,
     to_host,
 )
-from dpjax.training.state import TrainState, init_state, switch_phase
-from dpjax.training.step import add_micro, make_apply, make_micro_step
 from dpjax.training.task import Task, build_task
 
 __all__ = ["Hook", "Trainer", "train"]
@@ -100,14 +100,6 @@ def _check_divisible(name: str, rows: int, mesh_rows: int, processes: int) -> No
             raise ConfigError(f"config.{name}={rows} is not divisible by {what} ({k})")
 
 
-@dataclasses.dataclass
-class _PhaseFns:
-    index: int
-    micro: Callable[..., Any]
-    apply: Callable[..., Any]
-    tx: Any
-
-
 class Trainer:
     """Builds everything for a run from a config and a task; :meth:`run` trains.
 
@@ -147,8 +139,7 @@ class Trainer:
         self.plan: RunPlan = make_plan(
             s, self.sampler, self.task.trainable_extra, self.task.prior_privacy
         )
-        self._fns: _PhaseFns | None = None
-        self._add = jax.jit(add_micro, donate_argnums=0)
+        self._mechanism: tuple[int, Mechanism] | None = None
         self.is_main = jax.process_index() == 0
 
     # ------------------------------------------------------------------ streams
@@ -160,46 +151,49 @@ class Trainer:
         )
 
     def noise_key(self, index: int) -> jax.Array:
-        """The noise key of phase ``index`` (a secret stream in private runs)."""
-        if self.secrets is None:  # non-private: the noise multiplier is 0
-            return jax.random.fold_in(jax.random.key(self.settings.seed), index)
+        """The noise key of phase ``index`` (a secret stream; private runs only)."""
+        if self.secrets is None:
+            raise ValueError("a non-private run has no noise key")
         return self.secrets.key(f"noise/phase{index}")
 
     # ------------------------------------------------------------------ pieces
-    def phase_fns(self, index: int) -> _PhaseFns:
-        """Optimizer and jitted micro-step / apply of phase ``index`` (cached)."""
-        if self._fns is not None and self._fns.index == index:
-            return self._fns
+    def mechanism(self, index: int) -> Mechanism:
+        """The :class:`~dpjax.Mechanism` of phase ``index`` (cached for the current phase).
+
+        The clip norm(s) of ``config.privacy.l2_clip`` enter only ``clipped_grad``; the
+        noise std is the mechanism's ``noise_multiplier * grad_fn.sensitivity``.
+        """
+        if self._mechanism is not None and self._mechanism[0] == index:
+            return self._mechanism[1]
         phase, plan, priv = self.plan.phases[index], self.plan, self.settings.privacy
-        tx = make_optimizer(
-            self.settings.optimizer,
-            lr=phase.lr,
-            steps=phase.steps,
-            noise_multiplier=plan.noise_multiplier if phase.private else 0.0,
-            l2_clip=plan.l2_clip,
-            expected_batch_size=plan.expected_batch_size,
-            key=self.noise_key(index),
-        )
-        micro = make_micro_step(
+        grad_fn = clipped_grad(
             self.task.loss_fn,
-            engine=phase.engine,
-            trainable=phase.trainable,
             l2_clip=priv.l2_clip,
+            method=phase.engine or "vmap",
+            trainable=phase.trainable,
             clip_fn=priv.clip_fn,
             gamma=priv.gamma,
             spmd_axis_name=DATA,
-            loss_clip=priv.loss_clip if plan.loss_noise_multiplier is not None else None,
         )
-        self._fns = _PhaseFns(index, jax.jit(micro), jax.jit(make_apply(tx), donate_argnums=0), tx)
-        return self._fns
+        releases = phase.private and plan.loss_noise_multiplier is not None
+        mech = Mechanism(
+            grad_fn,
+            make_optimizer(self.settings.optimizer, lr=phase.lr, steps=phase.steps),
+            noise_multiplier=plan.noise_multiplier if phase.private else None,
+            expected_batch_size=plan.expected_batch_size,
+            key=self.noise_key(index) if phase.private else None,
+            sampling=plan.sampling if phase.private else None,
+            loss_clip=priv.loss_clip if releases else None,
+            loss_noise_multiplier=plan.loss_noise_multiplier if releases else None,
+        )
+        self._mechanism = (index, mech)
+        return mech
 
     def initial_state(self, phase_index: int = 0) -> TrainState:
         """Fresh state: the task's parameters placed on the mesh, optimizer of the phase."""
         shardings = param_shardings(self.mesh, self.task.params, self.settings.mesh.fsdp)
         params = place(self.task.params, shardings)
-        fns = self.phase_fns(phase_index)
-        trainable = self.plan.phases[phase_index].trainable
-        state = init_state(params, trainable, fns.tx, shardings=self._opt_shardings)
+        state = self.mechanism(phase_index).init(params, shardings=self._opt_shardings)
         return self._place_step(state, 0)
 
     def _opt_shardings(self, abstract: Any) -> Any:
@@ -217,14 +211,20 @@ class Trainer:
         self.task.check_token_ids(local, local_idx)
         return global_batch(local, self.mesh, len(indices))
 
-    def logical_step(self, state: TrainState, step: int) -> tuple[TrainState, Any]:
-        """Runs logical step ``step``: all its micro-batches, then one apply."""
-        fns = self.phase_fns(self.plan.phase_index(step))
-        acc = None
+    def micro_batches(self, step: int) -> Iterator[dict[str, jax.Array]]:
+        """The micro-batches of logical step ``step``, loaded as they are consumed."""
         for mb in self.sampler.sample(step):
-            out = fns.micro(state.train, state.frozen, self.load_batch(mb.indices, mb.mask))
-            acc = out if acc is None else self._add(acc, out)
-        return fns.apply(state, acc[0]), acc[1]
+            yield self.load_batch(mb.indices, mb.mask)
+
+    def logical_step(
+        self, state: TrainState, step: int, ledger: PrivacyLedger | None = None
+    ) -> tuple[TrainState, MicroStats]:
+        """Runs logical step ``step`` through its phase's mechanism (recorded in ``ledger``)."""
+        mech = self.mechanism(self.plan.phase_index(step))
+        release = self.plan.releases_loss(step + 1)
+        return mech.logical_step(
+            state, self.micro_batches(step), ledger=ledger, release_loss=release
+        )
 
     # ------------------------------------------------------------------ run
     def run(self, hooks: Sequence[Hook] = (), progress: bool = True) -> dict[str, Any]:
@@ -267,16 +267,12 @@ class Trainer:
                 index = plan.phase_index(step)
                 if index != phase:
                     log.info("step %d: phase %r starts", step, plan.phases[index].name)
-                    state = switch_phase(
-                        state,
-                        plan.phases[index].trainable,
-                        self.phase_fns(index).tx,
-                        shardings=self._opt_shardings,
+                    state = self.mechanism(index).init(
+                        state.params, step=state.step, shardings=self._opt_shardings
                     )
                     state, phase = self._place_step(state, step), index
-                new_state, stats = self.logical_step(state, step)
-                plan.record(ledger)
-                state, done = new_state, step + 1
+                state, stats = self.logical_step(state, step, ledger)
+                done = step + 1
                 last = done == stop
                 if done % s.log_every == 0 or last:
                     row = release.log_row(plan, s, self.secrets, stats, ledger, done, phase)

@@ -1,15 +1,13 @@
-"""The optax chain of a phase: ``privatize`` at the head, then Adam(W) or SGD.
+"""The optimizer of a phase: Adam(W) or SGD after the noise, with its schedule.
 
-The learning-rate schedule spans the phase's own steps (``linear``: linear decay to 0, as
-in the papers; ``constant``), with optional linear warmup. Non-private phases use the
-same chain with ``noise_multiplier=0``, so their update is the plain gradient sum divided
-by the same expected batch size.
+:class:`dpjax.Mechanism` puts ``privatize`` (its noise, scaled by the clipped gradient's
+own sensitivity) in front of this chain; nothing here knows the clip norm. The
+learning-rate schedule spans the phase's own steps (``linear``: linear decay to 0, as in
+the papers; ``constant``), with optional linear warmup.
 
 Example:
-    >>> import jax, jax.numpy as jnp
-    >>> tx = make_optimizer(OptimizerSettings(lr=1e-3), lr=1e-3, steps=10,
-    ...                     noise_multiplier=0.0, l2_clip=1.0, expected_batch_size=4,
-    ...                     key=jax.random.key(0))
+    >>> import jax.numpy as jnp
+    >>> tx = make_optimizer(OptimizerSettings(lr=1e-3), lr=1e-3, steps=10)
     >>> state = tx.init({"w": jnp.zeros(2)})
 """
 
@@ -20,7 +18,6 @@ from typing import Any
 import jax
 import optax
 
-from dpjax import optim
 from dpjax.optim import PrivatizeState
 from dpjax.training.settings import OptimizerSettings
 
@@ -66,12 +63,8 @@ def make_optimizer(
     *,
     lr: float,
     steps: int,
-    noise_multiplier: float,
-    l2_clip: float,
-    expected_batch_size: float,
-    key: jax.Array,
 ) -> optax.GradientTransformation:
-    """``chain(privatize(sigma, C, E[B], key), adamw | sgd)`` for one phase."""
+    """``adamw | sgd`` (then the per-name lr multipliers) for one phase."""
     schedule = make_schedule(settings, lr, steps)
     if settings.name == "adam":
         inner = optax.adamw(
@@ -83,10 +76,9 @@ def make_optimizer(
         )
     else:
         inner = optax.sgd(schedule, momentum=settings.momentum)
-    head = optim.privatize(noise_multiplier, l2_clip, expected_batch_size, key)
     if settings.lr_multipliers:
-        return optax.chain(head, inner, scale_by_name(settings.lr_multipliers))
-    return optax.chain(head, inner)
+        return optax.chain(inner, scale_by_name(settings.lr_multipliers))
+    return inner
 
 
 def find_privatize_state(opt_state: Any) -> PrivatizeState:

@@ -24,11 +24,11 @@ import math
 from typing import Any
 
 from dpjax import accounting
-from dpjax.engines import ENGINES, get_engine
+from dpjax.engines import get_engine
 from dpjax.partition import Predicate, all_leaves, bias_only
 from dpjax.training.settings import ConfigError, PrivacySettings, TrainSettings
 
-__all__ = ["Phase", "RunPlan", "bitfit_engine", "make_plan"]
+__all__ = ["Phase", "RunPlan", "make_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +61,6 @@ class Phase:
         return self.stop - self.start
 
 
-def bitfit_engine() -> str:
-    """``"bitfit"`` when that engine is registered, else ``"vmap"`` (same result, slower)."""
-    try:
-        get_engine("bitfit")
-        return "bitfit"
-    except ValueError:
-        log.warning(
-            "engine 'bitfit' is not registered (available: %s); DP-BiTFiT falls back to the "
-            "'vmap' engine restricted to the bias-only trainable set (same gradients, slower)",
-            sorted(ENGINES),
-        )
-        return "vmap"
-
-
 def _bias_and(extra: Predicate | None) -> Predicate:
     if extra is None:
         return bias_only
@@ -96,7 +82,6 @@ class RunPlan:
       sampling: ``sampler.accounting_kwargs()`` (rate, sampling rule, dataset size).
       accountant: ``"pld"`` or ``"rdp"``.
       max_epsilon: the budget the loop never exceeds (``None`` = no budget check).
-      l2_clip: sensitivity of each clipped sum.
       expected_batch_size: public normaliser of the noisy sum.
       prior: privacy the task spent on the training data before step 0
         (:attr:`Task.prior_privacy`), composed into every epsilon of the run.
@@ -113,7 +98,6 @@ class RunPlan:
     sampling: dict[str, Any]
     accountant: str
     max_epsilon: float | None
-    l2_clip: float
     expected_batch_size: float
     prior: tuple[accounting.Segment, ...] = ()
     loss_noise_multiplier: float | None = None
@@ -140,20 +124,6 @@ class RunPlan:
             return False
         return done % self.log_every == 0 or done == self.total_steps
 
-    def step_noise_multiplier(self, done: int) -> float:
-        """The noise multiplier the ledger records for the step ending at ``done``."""
-        if self.releases_loss(done):
-            return accounting.joint_noise_multiplier(
-                self.noise_multiplier, self.loss_noise_multiplier
-            )
-        return self.noise_multiplier
-
-    def record(self, ledger: accounting.PrivacyLedger) -> None:
-        """Records the next DP step in ``ledger`` (no-op for non-private runs)."""
-        if self.private:
-            sigma = self.step_noise_multiplier(ledger.steps + 1)
-            ledger.record(1, noise_multiplier=sigma, **self.sampling)
-
     def segments(self, sigma: float, start: int, stop: int) -> list[accounting.Segment]:
         """Segments of steps ``start + 1 .. stop`` (counts after each step) at ``sigma``."""
         if stop <= start:
@@ -166,10 +136,14 @@ class RunPlan:
                 releases += 1
         out = []
         if stop - start - releases:
-            out.append(accounting.Segment(sigma, steps=stop - start - releases, **self.sampling))
+            out.append(accounting.step_segment(sigma, self.sampling, steps=stop - start - releases))
         if releases:
-            joint = accounting.joint_noise_multiplier(sigma, self.loss_noise_multiplier)
-            out.append(accounting.Segment(joint, steps=releases, **self.sampling))
+            loss_sigma = self.loss_noise_multiplier
+            out.append(
+                accounting.step_segment(
+                    sigma, self.sampling, steps=releases, loss_noise_multiplier=loss_sigma
+                )
+            )
         return out
 
     def epsilon(self, ledger: accounting.PrivacyLedger, extra_steps: int = 0) -> float | None:
@@ -251,13 +225,13 @@ def make_plan(
                 settings.two_phase.full_engine,
                 settings.two_phase.full_lr,
             ),
-            Phase("bitfit", full, total, bitfit_set, bitfit_engine(), lr),
+            Phase("bitfit", full, total, bitfit_set, "bitfit", lr),
         )
     elif method == "dp_full":
         get_engine(settings.engine)
         phases = (Phase("full", 0, total, all_leaves, settings.engine, lr),)
     elif method == "dp_bitfit":
-        phases = (Phase("bitfit", 0, total, bitfit_set, bitfit_engine(), lr),)
+        phases = (Phase("bitfit", 0, total, bitfit_set, "bitfit", lr),)
     elif method == "nonprivate_full":
         phases = (Phase("full", 0, total, all_leaves, None, lr),)
     else:
@@ -273,7 +247,13 @@ def make_plan(
     sampling = dict(sampler.accounting_kwargs())
     if not settings.private:
         return RunPlan(
-            phases, 0.0, None, sampling, privacy.accountant, None, 1.0, sampler.expected_batch_size
+            phases,
+            noise_multiplier=0.0,
+            delta=None,
+            sampling=sampling,
+            accountant=privacy.accountant,
+            max_epsilon=None,
+            expected_batch_size=sampler.expected_batch_size,
         )
     prior = tuple(prior)
     for seg in prior:
@@ -286,16 +266,15 @@ def make_plan(
     delta = _resolve_delta(privacy, sampler.num_examples)
     draft = RunPlan(
         phases,
-        1.0,
-        delta,
-        sampling,
-        privacy.accountant,
-        privacy.max_epsilon,
-        privacy.l2_clip,
-        sampler.expected_batch_size,
-        prior,
-        privacy.loss_noise_multiplier,
-        settings.log_every,
+        noise_multiplier=1.0,
+        delta=delta,
+        sampling=sampling,
+        accountant=privacy.accountant,
+        max_epsilon=privacy.max_epsilon,
+        expected_batch_size=sampler.expected_batch_size,
+        prior=prior,
+        loss_noise_multiplier=privacy.loss_noise_multiplier,
+        log_every=settings.log_every,
     )
     sigma = privacy.noise_multiplier
     if sigma is None:

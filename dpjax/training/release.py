@@ -35,10 +35,10 @@ from typing import Any
 
 import jax
 
+from dpjax.mechanism import MicroStats
 from dpjax.randomness import RunSecrets
 from dpjax.training.optimizer import make_schedule
 from dpjax.training.sharding import to_host
-from dpjax.training.step import MicroStats
 
 __all__ = [
     "PRIVATE_DIAGNOSTICS_WARNING",

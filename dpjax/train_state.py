@@ -2,7 +2,8 @@
 
 Frozen leaves never enter the optimizer: ``train`` and ``frozen`` are complementary trees
 (``None`` where the other holds the leaf, see :func:`dpjax.partition`). A phase switch
-re-partitions the combined parameters and builds a fresh optimizer state.
+re-partitions the combined parameters and builds a fresh optimizer state
+(:meth:`dpjax.Mechanism.init` of the new phase's mechanism).
 
 Example:
     >>> import jax, jax.numpy as jnp, optax, dpjax
@@ -24,7 +25,7 @@ import optax
 
 from dpjax.partition import Predicate, combine, partition
 
-__all__ = ["TrainState", "init_state", "switch_phase"]
+__all__ = ["TrainState", "init_state"]
 
 
 @flax.struct.dataclass
@@ -59,13 +60,3 @@ def init_state(
     out = None if shardings is None else shardings(jax.eval_shape(tx.init, train))
     opt_state = jax.jit(tx.init, out_shardings=out)(train)
     return TrainState(jnp.asarray(step, jnp.int32), train, frozen, opt_state)
-
-
-def switch_phase(
-    state: TrainState,
-    trainable: Predicate,
-    tx: optax.GradientTransformation,
-    shardings: Callable[[Any], Any] | None = None,
-) -> TrainState:
-    """Re-partitions the parameters for a new phase and re-initialises the optimizer."""
-    return init_state(state.params, trainable, tx, step=state.step, shardings=shardings)
