@@ -83,9 +83,7 @@ def roberta_like_tokenizer(gpt2_dir: str) -> tokenizers.Tokenizer:
     from tokenizers import models as bpe_models
 
     source = pathlib.Path(gpt2_dir)
-    vocab, merges = bpe_models.BPE.read_file(
-        str(source / "vocab.json"), str(source / "merges.txt")
-    )
+    vocab, merges = bpe_models.BPE.read_file(str(source / "vocab.json"), str(source / "merges.txt"))
     for token in ROBERTA_SPECIALS:
         vocab.setdefault(token, len(vocab))
     return tokenizers.from_bpe(vocab, merges, kind="roberta")
