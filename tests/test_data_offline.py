@@ -6,7 +6,7 @@ import test_data_support as support
 
 from dpjax.data import offline
 from dpjax.data.images import ImageConfig
-from dpjax.data.text_classification import TextConfig
+from dpjax.data.text_encoding import TextConfig
 
 
 def _read(kind, name):

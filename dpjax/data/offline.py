@@ -35,7 +35,7 @@ import numpy as np
 
 from dpjax.data import images as images_lib
 from dpjax.data.arrays import ArrayDataset, cached
-from dpjax.data.text_classification import TextConfig, encode_texts
+from dpjax.data.text_encoding import TextConfig, encode_texts
 
 __all__ = [
     "IMAGE_SETS",
