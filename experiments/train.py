@@ -3,7 +3,7 @@
 Any config value can be overridden on the command line, e.g.::
 
     python -m experiments.train --config=experiments/configs/toy.py:two_phase \\
-        --workdir=/tmp/toy --config.optimizer.lr=1e-2 --config.privacy.target_epsilon=3
+        --workdir=runs/toy --config.optimizer.lr=1e-2 --config.privacy.target_epsilon=3
 
 The config is validated before anything is compiled. Multi-host runs pass
 ``--coordinator_address=host:port --num_processes=N --process_id=i`` (or set

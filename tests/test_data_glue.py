@@ -11,7 +11,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 from dpjax.data import glue, tfds_source  # noqa: E402
 from dpjax.data.arrays import ArrayDataset  # noqa: E402
 from dpjax.data.prompts import Template, encode_prompts, label_word_ids  # noqa: E402
-from dpjax.data.text_classification import TextConfig  # noqa: E402
+from dpjax.data.text_encoding import TextConfig  # noqa: E402
 
 N = 7
 L = 48

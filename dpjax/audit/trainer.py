@@ -10,7 +10,7 @@ the next training example as the canary.
 
 Example::
 
-    trainer = dpjax.training.Trainer(config, "/tmp/run")
+    trainer = dpjax.training.Trainer(config, "runs/toy")
     print(dpjax.audit.replay_trainer(trainer).summary())
 """
 

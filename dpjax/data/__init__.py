@@ -10,15 +10,15 @@ from typing import Any
 
 _SUBMODULES = (
     "arrays",
+    "generation_metrics",
     "glue",
     "images",
     "losses",
-    "metrics",
     "offline",
     "prompts",
     "sampling",
     "table2text",
-    "text_classification",
+    "text_encoding",
     "tfds_source",
     "tokenizers",
 )

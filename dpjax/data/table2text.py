@@ -27,7 +27,7 @@ import numpy as np
 from dpjax.data import tfds_source
 from dpjax.data.arrays import ArrayDataset, cached
 from dpjax.data.prompts import special_frame
-from dpjax.data.text_classification import tokenizer_fingerprint
+from dpjax.data.text_encoding import tokenizer_fingerprint
 
 __all__ = [
     "DATASETS",

@@ -33,7 +33,14 @@ import tiktoken
 import tokenizers
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
 
-__all__ = ["GPT2_PATTERN", "KINDS", "Tokenizer", "bytes_to_unicode", "from_pretrained"]
+__all__ = [
+    "GPT2_PATTERN",
+    "KINDS",
+    "Tokenizer",
+    "bytes_to_unicode",
+    "from_bpe",
+    "from_pretrained",
+]
 
 KINDS = ("bert", "roberta", "gpt2")
 
@@ -281,7 +288,11 @@ def _mark_special(tok: tokenizers.Tokenizer, tokens: list[str | AddedToken]) -> 
 def _byte_bpe(
     vocab_json: pathlib.Path, merges_txt: pathlib.Path, kind: str
 ) -> tokenizers.Tokenizer:
-    tok = tokenizers.Tokenizer(models.BPE.from_file(str(vocab_json), str(merges_txt)))
+    return _byte_bpe_model(models.BPE.from_file(str(vocab_json), str(merges_txt)), kind)
+
+
+def _byte_bpe_model(bpe: models.BPE, kind: str) -> tokenizers.Tokenizer:
+    tok = tokenizers.Tokenizer(bpe)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     if kind == "roberta":
@@ -317,6 +328,17 @@ def _guess_kind(directory: pathlib.Path, vocab: dict[str, int] | None) -> str:
     if vocab is not None and "[CLS]" in vocab:
         return "bert"
     return "gpt2"
+
+
+def from_bpe(
+    vocab: dict[str, int], merges: list[tuple[str, str]], *, kind: str = "gpt2"
+) -> Tokenizer:
+    """A byte-level BPE tokenizer (``"gpt2"`` or ``"roberta"``) from an in-memory
+    vocabulary and merge list (e.g. ``tokenizers.models.BPE.read_file(vocab, merges)``),
+    so a modified vocabulary needs no files on disk."""
+    if kind not in ("gpt2", "roberta"):
+        raise ValueError(f"from_bpe builds byte-level BPE (gpt2 | roberta), got {kind!r}")
+    return Tokenizer(_HFBackend(_byte_bpe_model(models.BPE(vocab, merges), kind)), kind)
 
 
 def from_pretrained(path: str | pathlib.Path, *, kind: str | None = None) -> Tokenizer:

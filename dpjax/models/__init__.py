@@ -20,7 +20,7 @@ from dpjax.models.convert import (
     save_pretrained,
     to_hf_tensors,
 )
-from dpjax.models.generation import beam_search, greedy_generate
+from dpjax.models.decoding import beam_search, greedy_generate
 from dpjax.models.gpt2 import GPT2Config, GPT2Model, init_cache
 from dpjax.models.resnet import ResNet, ResNetConfig
 from dpjax.models.vit import ViT, ViTConfig

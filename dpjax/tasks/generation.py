@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from dpjax.data import metrics, table2text
+from dpjax.data import generation_metrics, table2text
 from dpjax.data.losses import lm_loss
 from dpjax.models import beam_search, greedy_generate
 from dpjax.tasks.loading import (
@@ -95,8 +95,8 @@ def make_generation_eval(model: Any, tokenizer: Any, prompts: Any, gen: Any):
         outs = [generate(params, slice(s, s + batch)) for s in range(0, len(ids), batch)]
         hyps = decode_texts(tokenizer, np.concatenate(outs), eos)
         return {
-            "bleu": metrics.bleu(hyps, references),
-            "rouge_l": metrics.rouge_l(hyps, references),
+            "bleu": generation_metrics.bleu(hyps, references),
+            "rouge_l": generation_metrics.rouge_l(hyps, references),
         }
 
     return hook

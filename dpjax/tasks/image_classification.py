@@ -4,7 +4,8 @@
 ``cifar100``, ``celeb_a`` (TFDS; ``attribute="Smiling"`` etc. for one binary label, or
 ``None`` for all 40 attributes as a multi-label problem) or the offline
 ``fashion_mnist`` / ``mnist_5k`` (grey images repeated to RGB). Train on ``train``,
-evaluate on ``test``.
+evaluate on ``test``. ``data_dir`` is TFDS's data folder for the TFDS sets and the dpjax
+data folder for Fashion-MNIST (default ``$DPJAX_DATA_DIR``, else ``~/.cache/dpjax``).
 
 The model comes from ``checkpoint_dir`` (a Hugging Face ViT / ResNet folder, e.g. ViT-base
 at 224 pixels) or the random named ``model``; its ``classifier`` is new and trained
@@ -53,8 +54,9 @@ def load_splits(cfg: Any) -> tuple[Any, Any]:
             test = images.load(dataset, "test", image_config, **kwargs)
     elif dataset in offline.IMAGE_SETS:
         seed = int(cfg_get(cfg, "split_seed", 0))
-        train = offline.load_images(dataset, "train", image_config, seed=seed)
-        test = offline.load_images(dataset, "test", image_config, seed=seed)
+        where = cfg_get(cfg, "data_dir")  # None: $DPJAX_DATA_DIR or ~/.cache/dpjax
+        train = offline.load_images(dataset, "train", image_config, seed=seed, data_dir=where)
+        test = offline.load_images(dataset, "test", image_config, seed=seed, data_dir=where)
     else:
         raise ValueError(
             f"task.dataset must be one of {TFDS_SETS + offline.IMAGE_SETS}, got {dataset!r}"

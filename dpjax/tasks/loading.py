@@ -18,13 +18,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
-import json
-import os
 import pathlib
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -45,7 +40,7 @@ __all__ = [
     "maybe_mock_tfds",
     "package_dir",
     "resolve_path",
-    "roberta_like_vocab",
+    "roberta_like_tokenizer",
 ]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -80,34 +75,28 @@ def resolve_path(spec: str | None) -> str | None:
 ROBERTA_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
 
 
-def roberta_like_vocab(gpt2_dir: str) -> str:
-    """A folder with GPT-2's ``vocab.json`` + RoBERTa's special tokens appended (ids from
-    the end of GPT-2's vocabulary) and GPT-2's ``merges.txt``: a RoBERTa-style tokenizer for
-    smoke runs of random RoBERTa models (the real RoBERTa vocabulary is not offline)."""
+def roberta_like_tokenizer(gpt2_dir: str) -> tokenizers.Tokenizer:
+    """GPT-2's byte-level BPE (``vocab.json`` + ``merges.txt`` in ``gpt2_dir``) with
+    RoBERTa's special tokens appended (ids from the end of GPT-2's vocabulary): a
+    RoBERTa-style tokenizer for smoke runs of random RoBERTa models (the real RoBERTa
+    vocabulary is not offline). Built in memory; nothing is written to disk."""
+    from tokenizers import models as bpe_models
+
     source = pathlib.Path(gpt2_dir)
-    vocab = json.loads((source / "vocab.json").read_text(encoding="utf-8"))
+    vocab, merges = bpe_models.BPE.read_file(str(source / "vocab.json"), str(source / "merges.txt"))
     for token in ROBERTA_SPECIALS:
         vocab.setdefault(token, len(vocab))
-    text = json.dumps(vocab, ensure_ascii=False)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    out = pathlib.Path(tempfile.gettempdir()) / f"dpjax-roberta-like-{digest}"
-    if not (out / "merges.txt").exists():
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "vocab.json").write_text(text, encoding="utf-8")
-        shutil.copyfile(source / "merges.txt", out / "merges.txt.tmp")
-        os.replace(out / "merges.txt.tmp", out / "merges.txt")
-    return str(out)
+    return tokenizers.from_bpe(vocab, merges, kind="roberta")
 
 
 def load_tokenizer(cfg: Any) -> tokenizers.Tokenizer:
     """Tokenizer from ``tokenizer`` (folder or ``.tiktoken`` file; ``pkg:`` paths allowed;
     ``roberta-like:<gpt2 folder>`` adds RoBERTa's specials to GPT-2's BPE, see
-    :func:`roberta_like_vocab`), else from ``checkpoint_dir``; ``tokenizer_kind`` forces
+    :func:`roberta_like_tokenizer`), else from ``checkpoint_dir``; ``tokenizer_kind`` forces
     bert/roberta/gpt2."""
     spec = cfg_get(cfg, "tokenizer")
     if spec is not None and str(spec).startswith("roberta-like:"):
-        folder = roberta_like_vocab(resolve_path(str(spec)[len("roberta-like:") :]))
-        return tokenizers.from_pretrained(folder, kind="roberta")
+        return roberta_like_tokenizer(resolve_path(str(spec)[len("roberta-like:") :]))
     where = resolve_path(spec) or resolve_path(cfg_get(cfg, "checkpoint_dir"))
     if where is None:
         raise ValueError("task config needs task.tokenizer or task.checkpoint_dir")

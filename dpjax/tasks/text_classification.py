@@ -39,7 +39,7 @@ import numpy as np
 import dpjax
 from dpjax.data import glue, offline
 from dpjax.data.losses import classification_loss
-from dpjax.data.text_classification import TextConfig
+from dpjax.data.text_encoding import TextConfig
 from dpjax.randomness import RunSecrets
 from dpjax.tasks.feature_mean import private_mean
 from dpjax.tasks.loading import (

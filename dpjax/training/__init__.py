@@ -3,7 +3,7 @@
 Example:
     >>> from dpjax import training
     >>> from experiments.configs import toy  # doctest: +SKIP
-    >>> results = training.train(toy.get_config("smoke"), "/tmp/run")  # doctest: +SKIP
+    >>> results = training.train(toy.get_config("smoke"), "runs/toy")  # doctest: +SKIP
 """
 
 from dpjax.train_state import TrainState, init_state

@@ -10,7 +10,7 @@ Layout under ``<workdir>/checkpoints/<step>/``: an orbax ``state`` item holding
 that says which directory and why.
 
 Example:
-    >>> ckpt = Checkpointer("/tmp/run/checkpoints", keep=2, fingerprint="abc")  # doctest: +SKIP
+    >>> ckpt = Checkpointer("runs/toy/checkpoints", keep=2, fingerprint="abc")  # doctest: +SKIP
     >>> ckpt.save(state, phase=0, ledger=ledger.to_dict(), sampler=s.state_dict())  # doctest: +SKIP
 """
 

@@ -2,8 +2,13 @@
 
 * Batches are sharded on ``"data"`` (their leading axis); every host contributes only
   its own slice of each micro-batch (:func:`global_batch`).
-* Parameters are replicated, or FSDP-sharded on ``"model"`` (:func:`param_shardings`
-  with ``fsdp=True``: each leaf's largest axis divisible by the model-axis size).
+* Parameters (and the optimizer state, placed by the same function) are replicated, or
+  with ``fsdp=True`` FSDP/ZeRO-sharded on ``"data"`` (:func:`param_shardings`, the
+  big_vision / levanter convention): each leaf of at least :data:`FSDP_MIN_SIZE`
+  elements is split on its largest axis divisible by the data-axis size; smaller or
+  non-divisible leaves stay replicated. When the mesh has ``model`` > 1, the largest
+  remaining axis divisible by its size is also split on ``"model"`` (tensor parallel).
+  XLA gathers a sharded leaf where a computation needs it whole.
 * The vmap engine is called with ``spmd_axis_name="data"``, so its per-example axis is
   partitioned like the batch and per-example gradients are never gathered.
 
@@ -26,6 +31,7 @@ from dpjax.training.settings import ConfigError, MeshSettings
 
 __all__ = [
     "DATA",
+    "FSDP_MIN_SIZE",
     "MODEL",
     "batch_sharding",
     "global_batch",
@@ -62,24 +68,44 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA))
 
 
-def _fsdp_spec(shape: tuple[int, ...], size: int) -> P:
-    if size == 1 or not shape:
-        return P()
+# Leaves with fewer elements (biases, norm scales, small kernels: 64 KiB in float32) are
+# replicated under FSDP: splitting them saves little memory and costs a gather each use.
+FSDP_MIN_SIZE = 2**14
+
+
+def _split_axis(shape: tuple[int, ...], size: int, taken: int | None) -> int | None:
+    """The largest axis (first on ties) divisible by ``size``, other than ``taken``."""
     order = sorted(range(len(shape)), key=lambda a: -shape[a])
-    for axis in order:
-        if shape[axis] % size == 0:
-            spec = [None] * len(shape)
-            spec[axis] = MODEL
-            return P(*spec)
-    return P()
+    return next((a for a in order if a != taken and shape[a] % size == 0), None)
 
 
-def param_shardings(mesh: Mesh, tree: Any, fsdp: bool = False) -> Any:
-    """A tree of :class:`NamedSharding` like ``tree`` (``None`` leaves stay ``None``)."""
-    size = mesh.shape[MODEL]
+def _fsdp_spec(shape: tuple[int, ...], data: int, model: int, min_size: int) -> P:
+    if not shape or int(np.prod(shape)) < min_size:
+        return P()
+    spec: list[str | None] = [None] * len(shape)
+    fsdp_axis = _split_axis(shape, data, None) if data > 1 else None
+    if fsdp_axis is not None:
+        spec[fsdp_axis] = DATA
+    tensor_axis = _split_axis(shape, model, fsdp_axis) if model > 1 else None
+    if tensor_axis is not None:
+        spec[tensor_axis] = MODEL
+    return P(*spec) if any(spec) else P()
+
+
+def param_shardings(
+    mesh: Mesh, tree: Any, fsdp: bool = False, *, min_size: int = FSDP_MIN_SIZE
+) -> Any:
+    """A tree of :class:`NamedSharding` like ``tree`` (``None`` leaves stay ``None``).
+
+    Replicated unless ``fsdp``; with ``fsdp`` each leaf of at least ``min_size`` elements
+    is split on ``"data"`` along its largest axis divisible by the data-axis size (and,
+    when ``model`` > 1, on ``"model"`` along the largest other axis divisible by that).
+    """
+    data, model = mesh.shape[DATA], mesh.shape[MODEL]
 
     def one(x: Any) -> NamedSharding:
-        return NamedSharding(mesh, _fsdp_spec(np.shape(x), size) if fsdp else P())
+        spec = _fsdp_spec(np.shape(x), data, model, min_size) if fsdp else P()
+        return NamedSharding(mesh, spec)
 
     return jax.tree.map(one, tree)
 
