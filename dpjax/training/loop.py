@@ -13,7 +13,7 @@ that fails after training saves a checkpoint and a ``results.json`` naming the f
 
 Example:
     >>> from experiments.configs import toy  # doctest: +SKIP
-    >>> results = train(toy.get_config("smoke"), "/tmp/toy-run")  # doctest: +SKIP
+    >>> results = train(toy.get_config("smoke"), "runs/toy")  # doctest: +SKIP
     >>> results["epsilon"], results["steps"]  # doctest: +SKIP
 """
 
@@ -38,6 +38,7 @@ from dpjax.randomness import RunSecrets
 from dpjax.train_state import TrainState
 from dpjax.training import release
 from dpjax.training.checkpoint import Checkpointer, CheckpointError, fingerprint
+from dpjax.training.epsilon_curve import EpsilonCurve
 from dpjax.training.evaluation import Evaluator
 from dpjax.training.metrics import MetricWriter
 from dpjax.training.optimizer import make_optimizer
@@ -257,6 +258,8 @@ class Trainer:
             else None
         )
         writer = MetricWriter(self.workdir, enabled=self.is_main)
+        logged = [t for t in range(start + 1, stop + 1) if t % s.log_every == 0 or t == stop]
+        curve = EpsilonCurve(plan, logged)
         bar = tqdm.tqdm(
             total=stop, initial=start, disable=not (progress and self.is_main), desc="train"
         )
@@ -275,7 +278,10 @@ class Trainer:
                 done = step + 1
                 last = done == stop
                 if done % s.log_every == 0 or last:
-                    row = release.log_row(plan, s, self.secrets, stats, ledger, done, phase)
+                    eps = curve.get(ledger)
+                    row = release.log_row(
+                        plan, s, self.secrets, stats, ledger, done, phase, epsilon=eps
+                    )
                     writer.write(done, row)
                     bar.set_postfix(release.postfix(row, plan.private))
                 bar.update(1)
@@ -294,6 +300,7 @@ class Trainer:
                 self._salvage(ckpt, state, phase, ledger, done, e, eval_metrics, start_time)
             raise
         finally:
+            curve.close()
             bar.close()
             writer.close()
             ckpt.close()
@@ -415,6 +422,6 @@ def train(
 
     Example:
       >>> from experiments.configs import toy  # doctest: +SKIP
-      >>> train(toy.get_config("dp_bitfit"), "/tmp/run")["epsilon"]  # doctest: +SKIP
+      >>> train(toy.get_config("dp_bitfit"), "runs/toy")["epsilon"]  # doctest: +SKIP
     """
     return Trainer(config, workdir, task=task).run(hooks=hooks, progress=progress)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from dpjax import accounting
@@ -158,7 +159,22 @@ class RunPlan:
             *ledger.segments,
             *self.segments(self.noise_multiplier, done, done + extra_steps),
         ]
-        return accounting.PrivacyLedger(segments).epsilon(self.delta, accountant=self.accountant)
+        return self.epsilon_of(segments)
+
+    def epsilon_of(self, segments: Sequence[accounting.Segment]) -> float:
+        """Epsilon at the run's delta of ``segments`` composed (identical steps grouped).
+
+        Composition is commutative, so steps with the same event are composed as one
+        segment wherever they occurred (a run that releases its loss every ``log_every``
+        steps alternates two events); this keeps one query to a few PLD
+        self-compositions and makes the answer a function of the step counts alone.
+        """
+        grouped: dict[accounting.Segment, int] = {}
+        for seg in segments:
+            key = seg.step_key()
+            grouped[key] = grouped.get(key, 0) + seg.steps
+        merged = [dataclasses.replace(k, steps=n) for k, n in grouped.items()]
+        return accounting.PrivacyLedger(merged).epsilon(self.delta, accountant=self.accountant)
 
     def last_step_within_budget(self, ledger: accounting.PrivacyLedger) -> int:
         """Largest total step count ``<= total_steps`` whose epsilon stays within budget."""

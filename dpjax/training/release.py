@@ -100,8 +100,13 @@ def log_row(
     ledger: Any,
     done: int,
     phase: int,
+    epsilon: float | None = None,
 ) -> dict[str, float]:
-    """The ``train/*`` row after step ``done``: public values, the released loss if any."""
+    """The ``train/*`` row after step ``done``: public values, the released loss if any.
+
+    ``epsilon`` is the ledger's epsilon when the caller has it already (the trainer's
+    :class:`~dpjax.training.epsilon_curve.EpsilonCurve`); otherwise it is computed.
+    """
     p = plan.phases[phase]
     lr = make_schedule(settings.optimizer, p.lr, p.steps)(max(done - 1 - p.start, 0))
     released = None
@@ -113,7 +118,7 @@ def log_row(
         stats,
         private=plan.private,
         log_private=settings.privacy.log_private_diagnostics,
-        epsilon=plan.epsilon(ledger),
+        epsilon=plan.epsilon(ledger) if epsilon is None else epsilon,
         lr=float(lr),
         phase=phase,
         released_loss=released,
