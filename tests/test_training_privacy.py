@@ -193,11 +193,11 @@ def test_numeric_delta_from_the_command_line_string():
         TrainSettings.from_config(cfg)
 
 
-def test_fixed_sampler_with_a_task_prior_and_explicit_sigma(task, tmp_path):
+def test_without_replacement_sampler_with_a_task_prior_and_explicit_sigma(task, tmp_path):
     """Issue 13 #11: this crashed after a trained step. The prior (one unsampled Gaussian)
     composes with the fixed-size steps under replace-one neighbours (both at sigma / 2)."""
     cfg = _config(steps=3, sigma=1.0)
-    cfg.sampler = "fixed"
+    cfg.sampler = "without_replacement"
     prior = accounting.Segment(20.0, 1.0, 1)
     res = _trainer(cfg, tmp_path, dataclasses.replace(task, prior_privacy=(prior,))).run(
         progress=False

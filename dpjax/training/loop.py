@@ -32,7 +32,7 @@ import numpy as np
 import tqdm
 
 from dpjax.accounting import PrivacyLedger
-from dpjax.data.sampling import FixedSizeSampler, PoissonSampler, host_slice
+from dpjax.data.sampling import PoissonSampler, WithoutReplacementSampler, host_slice
 from dpjax.randomness import RunSecrets
 from dpjax.training import release
 from dpjax.training.checkpoint import Checkpointer, CheckpointError, fingerprint
@@ -69,8 +69,8 @@ def _config_dict(config: Any) -> dict[str, Any]:
 
 def make_sampler(
     settings: TrainSettings, n: int, seed: int | None = None
-) -> PoissonSampler | FixedSizeSampler:
-    """The sampler of the run (Poisson unless ``config.sampler == "fixed"``).
+) -> PoissonSampler | WithoutReplacementSampler:
+    """The sampler of the run (Poisson unless ``config.sampler == "without_replacement"``).
 
     ``seed`` defaults to ``config.seed`` (public); private runs pass their secret one.
     """
@@ -86,7 +86,7 @@ def make_sampler(
             physical_batch_size=settings.physical_batch_size,
             seed=seed,
         )
-    return FixedSizeSampler(
+    return WithoutReplacementSampler(
         n,
         batch_size=settings.batch_size,
         physical_batch_size=settings.physical_batch_size,
