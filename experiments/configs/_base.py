@@ -18,7 +18,7 @@ from ml_collections.config_dict import placeholder
 
 from dpjax.training.schema import default_config
 
-__all__ = ["base_config", "parse_arg", "set_epsilon", "smoke_sizes", "task_config"]
+__all__ = ["base_config", "parse_arg", "set_epsilon", "smoke_run", "smoke_sizes", "task_config"]
 
 #: Learning rates of paper 1 (DP-BiTFiT) and paper 2 (DP full fine-tuning) with DP-Adam.
 LR = {"dp_bitfit": 5e-3, "dp_full": 5e-4, "nonprivate_bitfit": 5e-3, "nonprivate_full": 5e-4}
@@ -76,6 +76,18 @@ def smoke_sizes(c: ml_collections.ConfigDict, *, steps: int = 2, batch: int = 16
     c.batch_size = batch
     c.physical_batch_size = 8
     c.eval_batch_size = 8
+
+
+def smoke_run(c: ml_collections.ConfigDict, model: str, **task: Any) -> None:
+    """Turns a paper config into its smoke variant: a random ``model`` (no checkpoint), 24
+    TFDS mock records, the ``task`` keys given, and :func:`smoke_sizes`."""
+    c.name += "-smoke"
+    c.task.checkpoint_dir = None
+    c.task.model = model
+    c.task.mock_examples = 24
+    for key, value in task.items():  # replaced, not merged (``update`` merges sections)
+        c.task[key] = value
+    smoke_sizes(c)
 
 
 def parse_arg(arg: str | None, default: str, choices: Sequence[Sequence[str]]) -> list[str]:

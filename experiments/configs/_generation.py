@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from experiments.configs._base import base_config, parse_arg, set_epsilon, smoke_sizes, task_config
+from experiments.configs._base import base_config, parse_arg, set_epsilon, smoke_run, task_config
 
 MODELS = ("gpt2", "gpt2-medium", "gpt2-large")
 METHODS = ("dp_full", "dp_bitfit", "nonprivate_full", "nonprivate_bitfit")
@@ -51,14 +51,7 @@ def table2text_config(
         c.optimizer.lr = full_lr
     set_epsilon(c, eps, delta=delta)
     if smoke:
-        c.name += "-smoke"
-        c.task.checkpoint_dir = None
-        c.task.model = "gpt2-tiny"
-        c.task.tokenizer = GPT2_RANKS
-        c.task.max_length = 24
-        c.task.max_prompt_length = 16
-        c.task.mock_examples = 24
+        smoke_run(c, "gpt2-tiny", tokenizer=GPT2_RANKS, max_length=24, max_prompt_length=16)
         c.task.generation.update(split="validation", num_tables=4, max_new_tokens=8,
                                  batch_size=4, num_beams=1)  # fmt: skip
-        smoke_sizes(c)
     return c

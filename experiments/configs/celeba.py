@@ -45,7 +45,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from experiments.configs._base import base_config, parse_arg, set_epsilon, smoke_sizes, task_config
+from experiments.configs._base import base_config, parse_arg, set_epsilon, smoke_run, task_config
 
 LABELS = {"smiling": "Smiling", "male": "Male", "multi": None}
 METHODS = ("dp_bitfit_add", "dp_full", "nonprivate_bitfit_add", "nonprivate_full")
@@ -74,18 +74,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = base_config(trainer_method, name=f"celeba-{labels}-{method}-{eps}", task=task)
     c.description = f"CelebA {labels}, ResNet-18, {method}, epsilon {eps[3:]}"
     c.engine = "ghost"
-    c.batch_size = 1000
-    c.epochs = 3.0
-    c.physical_batch_size = 50
     c.eval_batch_size = 100
     c.log_every = 10
     set_epsilon(c, eps, delta=1e-5)
     if smoke:
-        c.name += "-smoke"
-        c.task.checkpoint_dir = None
-        c.task.model = "resnet-tiny"
-        c.task.model_overrides = {"conv_bias": add}
-        c.task.resolution = 32
-        c.task.mock_examples = 24
-        smoke_sizes(c)
+        smoke_run(c, "resnet-tiny", model_overrides={"conv_bias": add}, resolution=32)
     return c

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs._base import base_config, parse_arg, set_epsilon, smoke_sizes, task_config
+from experiments.configs._base import base_config, parse_arg, set_epsilon, smoke_run, task_config
 
 DATASETS = ("cifar10", "cifar100")
 MODELS = ("vit-base", "vit-large")
@@ -86,17 +86,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = base_config(method, name=f"{dataset}-{model}-{method}-{eps}", task=task)
     c.description = f"{dataset}, {model}, {method}, epsilon {eps[3:]}"
     c.engine = "ghost"
-    c.batch_size = 1000
-    c.epochs = 3.0
     c.physical_batch_size = 25
     c.eval_batch_size = 100
     c.log_every = 10
     set_epsilon(c, eps, delta=1e-5)
     if smoke:
-        c.name += "-smoke"
-        c.task.checkpoint_dir = None
-        c.task.model = "vit-tiny"
-        c.task.resolution = 32
-        c.task.mock_examples = 24
-        smoke_sizes(c)
+        smoke_run(c, "vit-tiny", resolution=32)
     return c

@@ -74,7 +74,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from experiments.configs._base import base_config, parse_arg, set_epsilon, smoke_sizes, task_config
+from experiments.configs._base import base_config, parse_arg, set_epsilon, smoke_run, task_config
 
 TASKS = ("sst2", "qnli", "qqp", "mnli")
 MODELS = ("roberta-base", "roberta-large")
@@ -114,11 +114,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 10
     set_epsilon(c, eps)
     if smoke:
-        c.name += "-smoke"
-        c.task.checkpoint_dir = None
-        c.task.model = "roberta-tiny"
-        c.task.tokenizer = ROBERTA_BPE
-        c.task.max_length = 32
-        c.task.mock_examples = 24
-        smoke_sizes(c)
+        smoke_run(c, "roberta-tiny", tokenizer=ROBERTA_BPE, max_length=32)
     return c
