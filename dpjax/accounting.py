@@ -8,9 +8,9 @@ accountant for epsilon.
   probability ``q`` (:class:`dpjax.data.sampling.PoissonSampler`). Event:
   ``PoissonSampledDpEvent(q, GaussianDpEvent(sigma))``, add-or-remove-one neighbours.
   Supported by both accountants.
-* ``sampling="shuffle"``: every step draws a fixed-size batch of ``m = round(q * n)``
-  distinct examples uniformly without replacement, independently per step
-  (:class:`dpjax.data.sampling.FixedSizeSampler`). Event:
+* ``sampling="without_replacement"``: every step draws a fixed-size batch of
+  ``m = round(q * n)`` distinct examples uniformly without replacement, independently per
+  step (:class:`dpjax.data.sampling.WithoutReplacementSampler`). Event:
   ``SampledWithoutReplacementDpEvent(n, m, GaussianDpEvent(sigma / 2))``, which
   ``dp_accounting`` supports only in the RDP accountant with *replace-one* neighbours
   (a different, stronger neighbouring relation than add-or-remove: its epsilons are not
@@ -42,18 +42,21 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from dpjax.ledger import (
-    ACCOUNTANTS,
     DEFAULT_PLD_GRID,
     RDP_ORDERS,
-    SAMPLINGS,
     PrivacyLedger,
     Segment,
     cache_info,
+    clear_caches,
+    compose_epsilon,
+)
+from dpjax.validate import (
+    ACCOUNTANTS,
+    DELTA_RULES,
+    SAMPLINGS,
     check_choice,
     check_int,
     check_real,
-    clear_caches,
-    compose_epsilon,
 )
 
 __all__ = [
@@ -97,9 +100,10 @@ def epsilon(
       steps: number of steps (an integer >= 1).
       delta: target delta in (0, 1); no default, see :func:`delta_for`.
       accountant: ``"pld"`` (tight, default) or ``"rdp"``.
-      sampling: ``"poisson"`` or ``"shuffle"`` (fixed-size batches drawn without
-        replacement per step; RDP only, replace-one neighbours, needs ``dataset_size``).
-      dataset_size: n, the training set size (required for ``"shuffle"``).
+      sampling: ``"poisson"`` or ``"without_replacement"`` (fixed-size batches drawn
+        without replacement per step; RDP only, replace-one neighbours, needs
+        ``dataset_size``).
+      dataset_size: n, the training set size (required for ``"without_replacement"``).
       value_discretization_interval: PLD grid (smaller = tighter and slower).
 
     Returns:
@@ -131,7 +135,7 @@ def delta_for(n: int, rule: str = "1/(2n)") -> float:
         return 1.0 / (2 * n)
     if rule == "n^-1.1":
         return float(n) ** -1.1
-    raise ValueError(f"rule must be one of ('1/(2n)', 'n^-1.1'), got {rule!r}")
+    raise ValueError(f"rule must be one of {DELTA_RULES}, got {rule!r}")
 
 
 def _root(

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from dpjax.partition import Path, leaf_paths, path_to_str
+from dpjax.validate import CLIP_FNS
 
 __all__ = [
     "CLIP_FNS",
@@ -36,8 +37,6 @@ __all__ = [
     "sum_dtype",
     "top_level_group",
 ]
-
-CLIP_FNS = ("abadi", "automatic")
 
 
 def norm_dtype(dtype: Any) -> Any:

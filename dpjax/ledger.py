@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,8 +32,8 @@ from dp_accounting import rdp
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from dp_accounting.rdp import rdp_privacy_accountant
 
-ACCOUNTANTS = ("pld", "rdp")
-SAMPLINGS = ("poisson", "shuffle")
+from dpjax.validate import ACCOUNTANTS, RENAMED, SAMPLINGS, check_choice, check_int, check_real
+
 DEFAULT_PLD_GRID = 1e-4
 #: Renyi orders of the RDP accountant: fine steps near 1, integers to 64, a sparse tail.
 RDP_ORDERS: tuple[float, ...] = (
@@ -46,42 +45,14 @@ _REL = dp_accounting.NeighboringRelation
 
 
 # ----------------------------------------------------------------------------- checks
-def check_real(name: str, value: Any, interval: str | None = None) -> float:
-    """A real number; ``interval`` is ``"(0, 1)"``, ``"(0, 1]"`` or ``"[0, inf)"``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    ok = {
-        None: True,
-        "(0, 1)": 0 < value < 1,
-        "(0, 1]": 0 < value <= 1,
-        "[0, inf)": 0 <= value < math.inf,
-    }[interval]
-    if not ok:
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
-    return float(value)
-
-
-def check_int(name: str, value: Any, minimum: int) -> int:
-    """An integer (not a bool) ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    """One of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
-
-
 def sample_size(sampling_rate: float, dataset_size: int) -> int:
-    """``round(q * n)`` for shuffle sampling; refuses a q that is not m / n for integer m."""
+    """``round(q * n)`` for sampling without replacement; refuses a q that is not m / n."""
     exact = sampling_rate * dataset_size
     m = round(exact)
     if abs(exact - m) > 1e-6 * max(1.0, exact):
         raise ValueError(
-            f"sampling='shuffle' needs sampling_rate = batch_size / dataset_size, but "
+            "sampling='without_replacement' needs sampling_rate = batch_size / dataset_size, "
+            "but "
             f"sampling_rate={sampling_rate!r} * dataset_size={dataset_size!r} = {exact!r} is "
             "not an integer batch size (was q computed from a different split?)"
         )
@@ -102,8 +73,8 @@ class Segment:
       noise_multiplier: sigma (noise std / clip norm); 0 means no privacy.
       sampling_rate: q in (0, 1].
       steps: number of steps, >= 1.
-      sampling: ``"poisson"`` or ``"shuffle"`` (see :mod:`dpjax.accounting`).
-      dataset_size: n; required for ``"shuffle"``, optional (unused) for ``"poisson"``.
+      sampling: ``"poisson"`` or ``"without_replacement"`` (see :mod:`dpjax.accounting`).
+      dataset_size: n; required for ``"without_replacement"``, optional (unused) for ``"poisson"``.
     """
 
     noise_multiplier: float
@@ -120,12 +91,12 @@ class Segment:
         n = self.dataset_size
         if n is not None:
             n = check_int("dataset_size", n, 1)
-        elif self.sampling == "shuffle":
+        elif self.sampling == "without_replacement":
             raise ValueError(
-                "sampling='shuffle' needs dataset_size (the number of training examples), "
-                "got dataset_size=None"
+                "sampling='without_replacement' needs dataset_size (the number of training "
+                "examples), got dataset_size=None"
             )
-        if self.sampling == "shuffle":
+        if self.sampling == "without_replacement":
             sample_size(q, n)
         object.__setattr__(self, "noise_multiplier", sigma)
         object.__setattr__(self, "sampling_rate", q)
@@ -137,18 +108,20 @@ class Segment:
 
         Args:
           replace_one: account under *replace-one* neighbours (``None``: only for
-            ``"shuffle"`` segments). ``dp_accounting``'s RDP formulas take the noise
-            multiplier relative to the L2 sensitivity of the query; under replace-one
+            ``"without_replacement"`` segments). ``dp_accounting``'s RDP formulas take
+            the noise multiplier relative to the L2 sensitivity of the query; under replace-one
             the clipped sum moves by up to ``2 C`` (``+C`` replaced by ``-C``), so the
             multiplier passed is ``sigma / 2`` (google/differential-privacy issue 378).
             A Poisson segment can only be read under replace-one when it samples
             everything (``q = 1``: one unsampled Gaussian mechanism).
         """
         if replace_one is None:
-            replace_one = self.sampling == "shuffle"
+            replace_one = self.sampling == "without_replacement"
         if not replace_one:
-            if self.sampling == "shuffle":
-                raise ValueError("a 'shuffle' segment is only defined under replace-one")
+            if self.sampling == "without_replacement":
+                raise ValueError(
+                    "a 'without_replacement' segment is only defined under replace-one"
+                )
             gaussian = dp_accounting.GaussianDpEvent(self.noise_multiplier)
             return dp_accounting.PoissonSampledDpEvent(self.sampling_rate, gaussian)
         gaussian = dp_accounting.GaussianDpEvent(self.noise_multiplier / 2)
@@ -157,7 +130,7 @@ class Segment:
                 raise ValueError(
                     f"a Poisson-sampled segment with q={self.sampling_rate} has no replace-one "
                     "accounting in dp_accounting; only unsampled (q = 1) ones compose with "
-                    "'shuffle' segments"
+                    "'without_replacement' segments"
                 )
             return gaussian
         m = sample_size(self.sampling_rate, self.dataset_size)
@@ -169,7 +142,7 @@ class Segment:
 
     def step_key(self) -> Segment:
         """This segment with one step (and no unused ``dataset_size``): a cache key."""
-        n = self.dataset_size if self.sampling == "shuffle" else None
+        n = self.dataset_size if self.sampling == "without_replacement" else None
         return dataclasses.replace(self, steps=1, dataset_size=n)
 
 
@@ -213,7 +186,7 @@ def _cached_epsilon(
             total = total.compose(_segment_pld(seg, grid))
         return float(total.get_epsilon_for_delta(delta))
     total = np.zeros(len(RDP_ORDERS), dtype=np.float64)
-    replace_one = any(s.sampling == "shuffle" for s in segments)
+    replace_one = any(s.sampling == "without_replacement" for s in segments)
     for seg in segments:
         total += seg.steps * _step_rdp(seg.step_key(), replace_one)
     return float(rdp_privacy_accountant.compute_epsilon(np.array(RDP_ORDERS), total, delta)[0])
@@ -253,26 +226,26 @@ def compose_epsilon(
       The epsilon ``dp_accounting``'s accountant gives for the same events.
 
     Raises:
-      ValueError: bad inputs, shuffle segments with PLD, or mixed samplings.
+      ValueError: bad inputs, without-replacement segments with PLD, or mixed samplings.
     """
     segments = tuple(segments)
     delta = check_real("delta", delta, "(0, 1)")
     check_choice("accountant", accountant, ACCOUNTANTS)
     grid = check_real("value_discretization_interval", grid, "(0, 1]")
     samplings = {s.sampling for s in segments}
-    if "shuffle" in samplings:
+    if "without_replacement" in samplings:
         if accountant == "pld":
             raise ValueError(
-                "sampling='shuffle' (fixed-size batches without replacement) is not supported "
-                "by dp_accounting's PLD accountant; use accountant='rdp' (it is never "
+                "sampling='without_replacement' (fixed-size batches) is not supported by "
+                "dp_accounting's PLD accountant; use accountant='rdp' (it is never "
                 "silently accounted as Poisson)"
             )
         sampled = [s for s in segments if s.sampling == "poisson" and s.sampling_rate < 1]
         if sampled:
             raise ValueError(
-                f"cannot compose Poisson-sampled segments ({sampled[0]}) with 'shuffle' "
-                "(replace-one neighbours) segments: dp_accounting has no replace-one "
-                "accounting for Poisson sampling (unsampled q = 1 segments compose)"
+                f"cannot compose Poisson-sampled segments ({sampled[0]}) with "
+                "'without_replacement' (replace-one neighbours) segments: dp_accounting has "
+                "no replace-one accounting for Poisson sampling (unsampled q = 1 segments compose)"
             )
     if not segments:
         return 0.0
@@ -357,7 +330,11 @@ class PrivacyLedger:
 
     @classmethod
     def from_dict(cls, state: Any) -> PrivacyLedger:
-        """Inverse of :meth:`to_dict`; raises ValueError on a malformed dict."""
+        """Inverse of :meth:`to_dict`; raises ValueError on a malformed dict.
+
+        States written before the rename say ``sampling="shuffle"``; they are read as
+        ``"without_replacement"`` (the same event), so old checkpoints resume.
+        """
         if not isinstance(state, dict) or set(state) != {"version", "segments"}:
             raise ValueError(
                 f"ledger state must be a dict with keys 'version' and 'segments', got {state!r}"
@@ -373,6 +350,8 @@ class PrivacyLedger:
                 raise ValueError(
                     f"ledger segment {i} must be a dict with keys {sorted(fields)}, got {raw!r}"
                 )
+            if raw["sampling"] in RENAMED:  # written by an older version
+                raw = {**raw, "sampling": RENAMED[raw["sampling"]]}
             segments.append(Segment(**raw))
         return cls(segments)
 

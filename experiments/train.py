@@ -30,10 +30,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _distributed(config) -> tuple[str | None, int, int]:
-    dist = config.get("distributed") or {}
-    address = _COORDINATOR.value or dist.get("coordinator_address")
-    count = _NUM_PROCESSES.value or dist.get("num_processes") or 1
-    index = _PROCESS_ID.value if _PROCESS_ID.value is not None else dist.get("process_id") or 0
+    from dpjax.config_reader import cfg_get
+
+    dist = cfg_get(config, "distributed")
+    address = _COORDINATOR.value or cfg_get(dist, "coordinator_address")
+    count = _NUM_PROCESSES.value or cfg_get(dist, "num_processes", 1)
+    index = _PROCESS_ID.value if _PROCESS_ID.value is not None else cfg_get(dist, "process_id", 0)
     if count > 1 and not address:
         raise app.UsageError(f"num_processes={count} needs --coordinator_address")
     if not 0 <= index < count:

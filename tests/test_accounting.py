@@ -40,14 +40,14 @@ def test_poisson_epsilon_matches_dp_accounting(accountant_name, sigma, q, steps,
     "sigma,n,m,steps,delta",
     [(1.0, 50000, 1000, 150, 1e-5), (0.8, 1000, 50, 40, 1e-4), (2.0, 10000, 100, 300, 1e-5)],
 )
-def test_shuffle_epsilon_matches_rdp_without_replacement(sigma, n, m, steps, delta):
+def test_without_replacement_epsilon_matches_rdp_without_replacement(sigma, n, m, steps, delta):
     got = accounting.epsilon(
         noise_multiplier=sigma,
         sampling_rate=m / n,
         steps=steps,
         delta=delta,
         accountant="rdp",
-        sampling="shuffle",
+        sampling="without_replacement",
         dataset_size=n,
     )
     want = _oracle([_wor(sigma, n, m, steps)], delta, "rdp", relation=REL.REPLACE_ONE)
@@ -59,14 +59,14 @@ def test_shuffle_epsilon_matches_rdp_without_replacement(sigma, n, m, steps, del
     assert abs(got - poisson) > 1e-3 * poisson
 
 
-def test_shuffle_with_pld_raises_and_names_rdp():
+def test_without_replacement_with_pld_raises_and_names_rdp():
     with pytest.raises(ValueError, match="accountant='rdp'"):
         accounting.epsilon(
             noise_multiplier=1.0,
             sampling_rate=0.02,
             steps=10,
             delta=1e-5,
-            sampling="shuffle",
+            sampling="without_replacement",
             dataset_size=50000,
         )
 
@@ -113,8 +113,8 @@ GOOD = dict(noise_multiplier=1.0, sampling_rate=0.01, steps=10, delta=1e-5)
         (dict(steps=True), "True"),
         (dict(accountant="moments"), "moments"),
         (dict(sampling="epoch"), "epoch"),
-        (dict(sampling="shuffle", accountant="rdp"), "dataset_size"),
-        (dict(sampling="shuffle", accountant="rdp", dataset_size=1234), "1234"),
+        (dict(sampling="without_replacement", accountant="rdp"), "dataset_size"),
+        (dict(sampling="without_replacement", accountant="rdp", dataset_size=1234), "1234"),
         (dict(dataset_size=0), "dataset_size"),
         (dict(value_discretization_interval=0.0), "value_discretization_interval"),
     ],
@@ -144,13 +144,13 @@ def test_calibrate_round_trip(accountant_name, target):
     )
 
 
-def test_calibrate_shuffle_rdp_round_trip():
+def test_calibrate_without_replacement_rdp_round_trip():
     kw = dict(
         sampling_rate=100 / 5000,
         steps=100,
         delta=1e-5,
         accountant="rdp",
-        sampling="shuffle",
+        sampling="without_replacement",
         dataset_size=5000,
     )
     sigma = accounting.calibrate_noise_multiplier(target_epsilon=4.0, **kw)
@@ -186,6 +186,6 @@ def test_calibrate_validates_other_inputs():
             sampling_rate=0.02,
             steps=10,
             delta=1e-5,
-            sampling="shuffle",
+            sampling="without_replacement",
             dataset_size=50000,
         )

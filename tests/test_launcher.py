@@ -37,6 +37,9 @@ def test_smoke_run_with_overrides(tmp_path):
     [
         ("--config.optimizer.lr=-1", "config.optimizer.lr must be > 0, got -1.0"),
         ("--config.method=dp_magic", "config.method must be one of"),
+        ("--config.privacy.delta=2.0", "config.privacy.delta must be in (0, 1), got 2.0"),
+        ("--config.privacy.delta=1/(3n)", "or one of ('1/(2n)', 'n^-1.1'), got '1/(3n)'"),
+        ("--config.sampler=fixed", "config.sampler='fixed' was renamed: use 'without_replacement'"),
     ],
 )
 def test_bad_config_fails_before_any_jax_work(tmp_path, override, message):

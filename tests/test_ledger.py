@@ -150,8 +150,8 @@ def test_rdp_one_step_vector_cached_and_linear_in_steps():
     assert (info.misses, info.hits) == (1, 3)
     for steps, eps in got.items():
         assert eps == _oracle([_poisson(0.8, 0.01, steps)], 1e-5, "rdp")
-    shuffled = [accounting.Segment(1.0, 50 / 1000, k, "shuffle", 1000) for k in (40, 41)]
-    for seg in shuffled:
+    without = [accounting.Segment(1.0, 50 / 1000, k, "without_replacement", 1000) for k in (40, 41)]
+    for seg in without:
         want = _oracle([_wor(1.0, 1000, 50, seg.steps)], 1e-4, "rdp", relation=REL.REPLACE_ONE)
         assert accounting.PrivacyLedger([seg]).epsilon(1e-4, accountant="rdp") == want
     assert ledger.cache_info()["step_rdp"].misses == 2
@@ -262,13 +262,46 @@ def test_ledger_round_trip_is_exact_through_json():
     assert restored == ledger
     assert restored.segments == ledger.segments
     assert restored.epsilon(1e-5, accountant="rdp") == ledger.epsilon(1e-5, accountant="rdp")
-    shuffled = accounting.PrivacyLedger()
-    shuffled.record(
-        4, noise_multiplier=1.0, sampling_rate=0.02, sampling="shuffle", dataset_size=500
+    without = accounting.PrivacyLedger()
+    without.record(
+        4,
+        noise_multiplier=1.0,
+        sampling_rate=0.02,
+        sampling="without_replacement",
+        dataset_size=500,
     )
-    assert (
-        accounting.PrivacyLedger.from_dict(json.loads(json.dumps(shuffled.to_dict()))) == shuffled
-    )
+    assert accounting.PrivacyLedger.from_dict(json.loads(json.dumps(without.to_dict()))) == without
+
+
+def test_old_shuffle_ledger_state_reads_as_without_replacement():
+    """Checkpoints written before the rename say sampling='shuffle': same event, same epsilon."""
+    old = {
+        "version": 1,
+        "segments": [
+            {
+                "noise_multiplier": 1.0,
+                "sampling_rate": 0.02,
+                "steps": 4,
+                "sampling": "shuffle",
+                "dataset_size": 500,
+            }
+        ],
+    }
+    ledger = accounting.PrivacyLedger.from_dict(old)
+    assert ledger.segments == (accounting.Segment(1.0, 0.02, 4, "without_replacement", 500),)
+    want = _oracle([_wor(1.0, 500, 10, 4)], 1e-5, "rdp", relation=REL.REPLACE_ONE)
+    assert ledger.epsilon(1e-5, accountant="rdp") == want
+
+
+@pytest.mark.parametrize("old", ["shuffle", "fixed"])
+def test_old_sampling_names_are_refused_naming_the_new_one(old):
+    with pytest.raises(ValueError, match="use 'without_replacement'"):
+        accounting.Segment(1.0, 0.02, 4, old, 500)
+    with pytest.raises(ValueError, match="use 'without_replacement'"):
+        accounting.epsilon(
+            noise_multiplier=1.0, sampling_rate=0.02, steps=4, delta=1e-5, sampling=old,
+            accountant="rdp", dataset_size=500,
+        )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -301,9 +334,11 @@ def test_ledger_from_malformed_dict_raises(state, needle):
         accounting.PrivacyLedger.from_dict(state)
 
 
-def test_ledger_rejects_mixed_samplings_and_shuffle_on_pld():
+def test_ledger_rejects_mixed_samplings_and_without_replacement_on_pld():
     ledger = accounting.PrivacyLedger()
-    ledger.record(noise_multiplier=1.0, sampling_rate=0.02, sampling="shuffle", dataset_size=500)
+    ledger.record(
+        noise_multiplier=1.0, sampling_rate=0.02, sampling="without_replacement", dataset_size=500
+    )
     with pytest.raises(ValueError, match="rdp"):
         ledger.epsilon(1e-5)
     ledger.record(noise_multiplier=1.0, sampling_rate=0.02)

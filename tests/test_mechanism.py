@@ -156,3 +156,56 @@ def test_bad_mechanisms_are_refused():
     mech = _mech(1.0)
     with pytest.raises(ValueError, match="no micro-batches"):
         mech.logical_step(mech.init(PARAMS), [])
+
+
+def test_per_layer_clipping_from_config_clips_and_noises_through_the_trainer(tmp_path):
+    """privacy.l2_clip={group: C_k}: the trainer's clipped sum clips each group to C_k
+    (float64 vmap(grad) oracle) and its noise std is sigma * sqrt(sum_k C_k^2) / E[B]."""
+    from dpjax.training import Trainer
+    from experiments.configs import toy
+
+    norms = {"dense1": 0.02, "head": 0.05, "norm": 0.01}
+    cfg = toy.get_config("dp_full")
+    cfg.privacy.l2_clip = norms
+    cfg.privacy.target_epsilon, cfg.privacy.noise_multiplier = None, 1.5
+    cfg.privacy.noise_seed = 0
+    cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.schedule = "sgd", 1.0, "constant"
+    cfg.steps, cfg.epochs = 400, None
+    trainer = Trainer(cfg, str(tmp_path), devices=jax.devices()[:1])
+    mech = trainer.mechanism(0)
+    sens = float(np.sqrt(sum(c * c for c in norms.values())))
+    assert mech.sensitivity == pytest.approx(sens) and mech.grad_fn.l2_clip == norms
+
+    # clipping: each group of each example's gradient clipped to its own norm
+    state = trainer.initial_state()
+    mb = trainer.sampler.sample(0)[0]
+    batch = trainer.load_batch(mb.indices, mb.mask)
+    grads, _ = mech.micro_step(state.train, state.frozen, batch)
+    params64 = jax.tree.map(lambda x: np.asarray(x, np.float64), trainer.task.params)
+    host = {k: np.asarray(v) for k, v in batch.items()}
+    with jax.enable_x64():
+        per_ex = jax.vmap(
+            jax.grad(lambda p, ex: trainer.task.loss_fn(p, jax.tree.map(lambda x: x[None], ex))[0]),
+            in_axes=(None, 0),
+        )(params64, host)
+    want = {}
+    for group, c in norms.items():
+        leaves = per_ex[group]
+        sq = sum(np.sum(np.square(np.asarray(v)).reshape(len(host["mask"]), -1), 1)
+                 for v in leaves.values())  # fmt: skip
+        f = np.where(host["mask"], np.minimum(1.0, c / np.sqrt(sq)), 0.0)
+        want[group] = {k: np.tensordot(f, np.asarray(v), 1) for k, v in leaves.items()}
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=2e-4, atol=1e-7), grads, want)
+
+    # noise: sgd(1) on a zero clipped sum moves the parameters by -noise / E[B]
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), state.train)
+    samples = []
+    for _ in range(300):
+        before = jax.tree.map(np.asarray, state.train)
+        state = mech.jitted.apply(state, zeros)
+        after = jax.tree.leaves(state.train)
+        samples += [np.ravel(b - np.asarray(a)) for b, a in zip(jax.tree.leaves(before), after)]
+    noise = np.concatenate(samples) * trainer.plan.expected_batch_size
+    assert std_matches(noise, 1.5 * sens, rel_tol=0.03)
+    assert not std_matches(noise, 1.5 * max(norms.values()), rel_tol=0.03)
+    assert not std_matches(noise, 1.5 * 0.1, rel_tol=0.03)  # a float l2_clip's default

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dpjax import accounting
-from dpjax.data.sampling import FixedSizeSampler, MicroBatch, PoissonSampler, host_slice
+from dpjax.data.sampling import MicroBatch, PoissonSampler, WithoutReplacementSampler, host_slice
 
 
 def _real_rows(microbatches):
@@ -57,9 +57,9 @@ def test_per_example_inclusion_frequency_is_q():
     assert abs(np.mean(overlaps) - n * q * q) < 5 * math.sqrt(n * q * q / (steps - 1))
 
 
-def test_fixed_size_sampler_is_uniform_and_exact():
+def test_without_replacement_sampler_is_uniform_and_exact():
     n, b, steps = 100, 10, 2000
-    sampler = FixedSizeSampler(n, batch_size=b, physical_batch_size=4, seed=5)
+    sampler = WithoutReplacementSampler(n, batch_size=b, physical_batch_size=4, seed=5)
     draws = [sampler.draw(t) for t in range(steps)]
     for d in draws[:50]:
         assert len(d) == b and len(np.unique(d)) == b and d.min() >= 0 and d.max() < n
@@ -114,7 +114,9 @@ def test_empty_draw_still_gives_one_all_padding_microbatch():
     "make",
     [
         lambda seed: PoissonSampler(500, sampling_rate=0.05, physical_batch_size=8, seed=seed),
-        lambda seed: FixedSizeSampler(500, batch_size=25, physical_batch_size=8, seed=seed),
+        lambda seed: WithoutReplacementSampler(
+            500, batch_size=25, physical_batch_size=8, seed=seed
+        ),
     ],
 )
 def test_determinism_and_resume(make):
@@ -141,10 +143,16 @@ def test_state_dict_round_trip_keeps_constructor_choice():
     s = PoissonSampler(67349, expected_batch_size=1024, physical_batch_size=256, seed=1)
     r = PoissonSampler.from_state_dict(json.loads(json.dumps(s.state_dict())))
     assert r.expected_batch_size == 1024.0 and r.sampling_rate == 1024 / 67349
-    with pytest.raises(ValueError, match="FixedSizeSampler"):
-        FixedSizeSampler.from_state_dict(s.state_dict())
+    with pytest.raises(ValueError, match="WithoutReplacementSampler"):
+        WithoutReplacementSampler.from_state_dict(s.state_dict())
     with pytest.raises(ValueError, match="keys"):
         PoissonSampler.from_state_dict({"seed": 1})
+
+
+def test_old_fixed_size_sampler_state_is_read():
+    s = WithoutReplacementSampler(500, batch_size=25, physical_batch_size=8, seed=3, next_step=2)
+    old = {**s.state_dict(), "type": "FixedSizeSampler"}  # written before the rename
+    assert WithoutReplacementSampler.from_state_dict(old).state_dict() == s.state_dict()
 
 
 # ----------------------------------------------------------------------------- properties
@@ -160,15 +168,15 @@ def test_properties_and_accounting_kwargs():
     assert accounting.epsilon(**common, **kw) == accounting.epsilon(
         **common, sampling_rate=1024 / 67349
     )
-    f = FixedSizeSampler(50000, batch_size=1000, physical_batch_size=100, seed=0)
+    f = WithoutReplacementSampler(50000, batch_size=1000, physical_batch_size=100, seed=0)
     assert f.steps_per_epoch == 50 and f.expected_batch_size == 1000
     kw = f.accounting_kwargs()
-    assert kw == {"sampling_rate": 0.02, "sampling": "shuffle", "dataset_size": 50000}
+    assert kw == {"sampling_rate": 0.02, "sampling": "without_replacement", "dataset_size": 50000}
     eps = accounting.epsilon(**common, **kw)
     assert eps == accounting.epsilon(
-        **common, sampling_rate=0.02, sampling="shuffle", dataset_size=50000
+        **common, sampling_rate=0.02, sampling="without_replacement", dataset_size=50000
     )
-    with pytest.raises(ValueError, match="rdp"):  # shuffle is never silently PLD-Poisson
+    with pytest.raises(ValueError, match="rdp"):  # never silently PLD-Poisson
         accounting.epsilon(**{**common, "accountant": "pld"}, **kw)
 
 
@@ -231,11 +239,11 @@ def test_poisson_sampler_validation(kwargs, needle):
         (dict(num_examples=10, batch_size=2, physical_batch_size=-1), "-1"),
     ],
 )
-def test_fixed_size_sampler_validation(kwargs, needle):
+def test_without_replacement_sampler_validation(kwargs, needle):
     kwargs = {"physical_batch_size": 8, "seed": 0, **kwargs}
     n = kwargs.pop("num_examples")
     with pytest.raises(ValueError, match=needle):
-        FixedSizeSampler(n, **kwargs)
+        WithoutReplacementSampler(n, **kwargs)
 
 
 def test_negative_step_is_rejected():

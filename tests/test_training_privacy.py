@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import shutil
 
 import dp_accounting as dpa
@@ -184,20 +185,22 @@ def test_calibration_with_loss_release_reaches_the_target_exactly(task, tmp_path
     assert sigma > sigma_plain  # releasing the loss costs privacy
 
 
-def test_numeric_delta_from_the_command_line_string():
+def test_delta_is_a_number_or_a_named_rule_never_a_numeric_string():
+    """The command line gives a float (tests/test_config_schema.py); no string is guessed."""
     cfg = _config()
-    cfg.privacy.delta = "1e-5"  # what --config.privacy.delta=1e-5 gives a str field
+    cfg.privacy.delta = 1e-5
     assert TrainSettings.from_config(cfg).privacy.delta == 1e-5
-    cfg.privacy.delta = "1/(3n)"
-    with pytest.raises(ConfigError, match=r"1/\(3n\)"):
-        TrainSettings.from_config(cfg)
+    for bad in ("1e-5", "1/(3n)"):
+        cfg.privacy.delta = bad
+        with pytest.raises(ConfigError, match=re.escape(repr(bad))):
+            TrainSettings.from_config(cfg)
 
 
-def test_fixed_sampler_with_a_task_prior_and_explicit_sigma(task, tmp_path):
+def test_without_replacement_sampler_with_a_task_prior_and_explicit_sigma(task, tmp_path):
     """Issue 13 #11: this crashed after a trained step. The prior (one unsampled Gaussian)
     composes with the fixed-size steps under replace-one neighbours (both at sigma / 2)."""
     cfg = _config(steps=3, sigma=1.0)
-    cfg.sampler = "fixed"
+    cfg.sampler = "without_replacement"
     prior = accounting.Segment(20.0, 1.0, 1)
     res = _trainer(cfg, tmp_path, dataclasses.replace(task, prior_privacy=(prior,))).run(
         progress=False

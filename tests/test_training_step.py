@@ -47,13 +47,17 @@ ONE = jax.devices()[:1]
 @pytest.fixture(scope="module")
 def small(task):
     """Fixed-size batches of 64 in 8 micro-batches of 8, sigma = 1, one device."""
-    return Trainer(_config(8, sigma=1.0, sampler="fixed"), "/unused", task=task, devices=ONE)
+    return Trainer(
+        _config(8, sigma=1.0, sampler="without_replacement"), "/unused", task=task, devices=ONE
+    )
 
 
 @pytest.fixture(scope="module")
 def big(task):
     """The same run with one micro-batch of 64 per logical step."""
-    return Trainer(_config(64, sigma=1.0, sampler="fixed"), "/unused", task=task, devices=ONE)
+    return Trainer(
+        _config(64, sigma=1.0, sampler="without_replacement"), "/unused", task=task, devices=ONE
+    )
 
 
 def test_accumulated_micro_batches_equal_one_big_batch(task, small, big):

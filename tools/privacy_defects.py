@@ -231,8 +231,14 @@ def config_and_validation() -> None:
                repr(TrainSettings.from_config(cfg).privacy.delta))  # fmt: skip
     except Exception as e:  # noqa: BLE001
         report("10. privacy.delta='1e-5' (from the command line)", f"{type(e).__name__}: {e}"[:70])
+    try:  # the fixed-size sampler's config name: "fixed" before the rename
+        from dpjax.validate import SAMPLINGS
+
+        fixed_size = SAMPLINGS[SAMPLINGS.index("without_replacement")]
+    except ImportError:
+        fixed_size = "fixed"
     cfg = toy.get_config("dp_full")
-    cfg.sampler, cfg.privacy.accountant = "fixed", "rdp"
+    cfg.sampler, cfg.privacy.accountant = fixed_size, "rdp"
     cfg.privacy.target_epsilon, cfg.privacy.noise_multiplier = None, 1.0
     cfg.steps, cfg.epochs = 2, None
     task = toy.build_task(cfg.task)

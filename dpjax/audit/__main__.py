@@ -25,6 +25,8 @@ import tempfile
 from absl import app, flags
 from ml_collections import config_flags
 
+from dpjax.config_reader import cfg_get
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].")
 _STEP = flags.DEFINE_integer("step", 0, "replay: the logical step whose batch is replayed.")
 _ROWS = flags.DEFINE_integer("rows", 8, "replay: examples masked out, one at a time.")
@@ -64,8 +66,7 @@ def _run(command: str, tmp: str) -> tuple[bool, str, dict]:
         result = audit.single_step_trainer(_trainer(tmp), trials=_TRIALS.value, alpha=_ALPHA.value)
     else:
         engine = _ENGINE.value
-        if _CONFIG.value is not None:
-            engine = _CONFIG.value.get("engine", engine)
+        engine = cfg_get(_CONFIG.value, "engine", engine)
         result = audit.one_run_audit(
             m=_M.value, epsilon=_EPSILON.value, engine=engine, alpha=_ALPHA.value, workdir=tmp
         )

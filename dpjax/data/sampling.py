@@ -1,4 +1,4 @@
-"""Batch samplers for DP training: Poisson (the default) and fixed-size, both stateless.
+"""Batch samplers for DP training: Poisson (the default) and without replacement; stateless.
 
 Each logical step ``t`` is drawn from ``np.random.default_rng([seed, t])`` alone, so every
 host draws the identical batch and resuming at step ``t`` needs no other state. In a
@@ -14,10 +14,12 @@ Which accounting goes with which sampler (pass ``sampler.accounting_kwargs()`` t
 
 * :class:`PoissonSampler` -- each example joins independently with probability ``q``:
   ``sampling="poisson"``.
-* :class:`FixedSizeSampler` -- exactly ``batch_size`` distinct examples, uniformly
-  without replacement, drawn afresh every step: ``sampling="shuffle"``. This, and *not*
-  epoch-permutation shuffling (each example exactly once per epoch), is what
-  ``"shuffle"`` accounts for: per-step sampling without replacement has a standard
+* :class:`WithoutReplacementSampler` -- exactly ``batch_size`` distinct examples,
+  uniformly without replacement, drawn afresh every step:
+  ``sampling="without_replacement"`` (``dp_accounting``'s
+  ``SampledWithoutReplacementDpEvent``). This, and *not* epoch-permutation shuffling
+  (each example exactly once per epoch), is what it accounts for: per-step sampling
+  without replacement has a standard
   analysis (subsampled Gaussian, replace-one neighbours) while shuffled epochs have no
   tight standard accounting and must not be reported as Poisson.
 
@@ -37,7 +39,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["FixedSizeSampler", "MicroBatch", "PoissonSampler", "host_slice"]
+from dpjax.validate import check_int
+
+__all__ = ["MicroBatch", "PoissonSampler", "WithoutReplacementSampler", "host_slice"]
+
+#: Sampler type names of older checkpoints, read as their current name.
+_FORMER_TYPES = {"FixedSizeSampler": "WithoutReplacementSampler"}
 
 
 class MicroBatch(NamedTuple):
@@ -45,12 +52,6 @@ class MicroBatch(NamedTuple):
 
     indices: np.ndarray
     mask: np.ndarray
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _split(drawn: np.ndarray, physical_batch_size: int) -> list[MicroBatch]:
@@ -75,7 +76,7 @@ class _Sampler:
     next_step: int
 
     def _rng(self, step: int) -> np.random.Generator:
-        step = _check_int("step", step, 0)
+        step = check_int("step", step, 0)
         return np.random.default_rng([self.seed, step])
 
     def draw(self, step: int) -> np.ndarray:  # pragma: no cover - abstract
@@ -122,7 +123,7 @@ class _Sampler:
             raise ValueError(
                 f"{cls.__name__} state must be a dict with keys {sorted(expected)}, got {state!r}"
             )
-        if state["type"] != cls.__name__:
+        if _FORMER_TYPES.get(state["type"], state["type"]) != cls.__name__:
             raise ValueError(f"state is for {state['type']!r}, not {cls.__name__!r}")
         return {k: v for k, v in state.items() if k != "type"}
 
@@ -154,10 +155,10 @@ class PoissonSampler(_Sampler):
         seed: int,
         next_step: int = 0,
     ) -> None:
-        self.num_examples = _check_int("num_examples", num_examples, 1)
-        self.physical_batch_size = _check_int("physical_batch_size", physical_batch_size, 1)
-        self.seed = _check_int("seed", seed, 0)
-        self.next_step = _check_int("next_step", next_step, 0)
+        self.num_examples = check_int("num_examples", num_examples, 1)
+        self.physical_batch_size = check_int("physical_batch_size", physical_batch_size, 1)
+        self.seed = check_int("seed", seed, 0)
+        self.next_step = check_int("next_step", next_step, 0)
         if (sampling_rate is None) == (expected_batch_size is None):
             raise ValueError(
                 "give exactly one of sampling_rate and expected_batch_size, got "
@@ -231,11 +232,11 @@ class PoissonSampler(_Sampler):
         )
 
 
-class FixedSizeSampler(_Sampler):
+class WithoutReplacementSampler(_Sampler):
     """Fixed-size batches: ``batch_size`` distinct examples, uniform, fresh every step.
 
-    Accounted as ``sampling="shuffle"`` (sampling without replacement, RDP accountant,
-    replace-one neighbours). It is *not* epoch shuffling: an example can appear in
+    Accounted as ``sampling="without_replacement"`` (RDP accountant, replace-one
+    neighbours). It is *not* epoch shuffling: an example can appear in
     consecutive steps and be missing for a long stretch.
 
     Args:
@@ -246,7 +247,7 @@ class FixedSizeSampler(_Sampler):
       next_step: the step ``__iter__`` starts at (for resuming).
 
     Example:
-      >>> s = FixedSizeSampler(100, batch_size=10, physical_batch_size=4, seed=0)
+      >>> s = WithoutReplacementSampler(100, batch_size=10, physical_batch_size=4, seed=0)
       >>> [int(mb.mask.sum()) for mb in s.sample(3)]
       [4, 4, 2]
     """
@@ -260,13 +261,13 @@ class FixedSizeSampler(_Sampler):
         seed: int,
         next_step: int = 0,
     ) -> None:
-        self.num_examples = _check_int("num_examples", num_examples, 1)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.num_examples = check_int("num_examples", num_examples, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
         if self.batch_size > self.num_examples:
             raise ValueError(f"batch_size={batch_size!r} exceeds num_examples={num_examples!r}")
-        self.physical_batch_size = _check_int("physical_batch_size", physical_batch_size, 1)
-        self.seed = _check_int("seed", seed, 0)
-        self.next_step = _check_int("next_step", next_step, 0)
+        self.physical_batch_size = check_int("physical_batch_size", physical_batch_size, 1)
+        self.seed = check_int("seed", seed, 0)
+        self.next_step = check_int("next_step", next_step, 0)
 
     @property
     def sampling_rate(self) -> float:
@@ -290,14 +291,14 @@ class FixedSizeSampler(_Sampler):
 
     def drawn_size(self, step: int) -> int:
         """Always ``batch_size``."""
-        _check_int("step", step, 0)
+        check_int("step", step, 0)
         return self.batch_size
 
     def accounting_kwargs(self) -> dict[str, Any]:
         """Exactly the sampling arguments of ``dpjax.accounting.epsilon`` for this sampler."""
         return {
             "sampling_rate": self.sampling_rate,
-            "sampling": "shuffle",
+            "sampling": "without_replacement",
             "dataset_size": self.num_examples,
         }
 
@@ -306,16 +307,16 @@ class FixedSizeSampler(_Sampler):
         return self._state(batch_size=self.batch_size)
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> FixedSizeSampler:
+    def from_state_dict(cls, state: dict[str, Any]) -> WithoutReplacementSampler:
         """Rebuilds a sampler from :meth:`state_dict`; ValueError on a malformed dict."""
         kwargs = cls._from_state(state, ("batch_size",))
         return cls(kwargs.pop("num_examples"), **kwargs)
 
     def __repr__(self) -> str:
         return (
-            f"FixedSizeSampler(num_examples={self.num_examples}, batch_size={self.batch_size}, "
-            f"physical_batch_size={self.physical_batch_size}, seed=<hidden>, "
-            f"next_step={self.next_step})"
+            f"WithoutReplacementSampler(num_examples={self.num_examples}, "
+            f"batch_size={self.batch_size}, physical_batch_size={self.physical_batch_size}, "
+            f"seed=<hidden>, next_step={self.next_step})"
         )
 
 
@@ -332,8 +333,8 @@ def host_slice(
       >>> idx.tolist()
       [2, 3]
     """
-    count = _check_int("process_count", process_count, 1)
-    index = _check_int("process_index", process_index, 0)
+    count = check_int("process_count", process_count, 1)
+    index = check_int("process_index", process_index, 0)
     if index >= count:
         raise ValueError(f"process_index={process_index!r} must be < process_count={count}")
     indices, mask = np.asarray(indices), np.asarray(mask)

@@ -33,7 +33,8 @@ from collections.abc import Callable
 import numpy as np
 import tqdm
 
-from dpjax.ledger import Segment, check_int, check_real
+from dpjax.ledger import Segment
+from dpjax.validate import check_int, check_real
 
 __all__ = ["private_mean"]
 

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from dpjax.config_reader import cfg_get
 from dpjax.data import generation_metrics, table2text
 from dpjax.data.losses import lm_loss
 from dpjax.models import beam_search, greedy_generate
 from dpjax.tasks.loading import (
-    cfg_get,
     limit,
     load_model,
     load_tokenizer,

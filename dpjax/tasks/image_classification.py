@@ -26,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import dpjax
+from dpjax.config_reader import cfg_get
 from dpjax.data import images, offline
 from dpjax.data.losses import classification_loss, multilabel_loss
-from dpjax.tasks.loading import cfg_get, limit, load_model, maybe_mock_tfds
+from dpjax.tasks.loading import limit, load_model, maybe_mock_tfds
 from dpjax.training.task import Task
 
 __all__ = ["TFDS_SETS", "build", "load_splits"]

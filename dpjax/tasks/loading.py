@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import pathlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -29,11 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpjax import models
+from dpjax.config_reader import cfg_get
 from dpjax.data import tokenizers
 
 __all__ = [
     "DTYPES",
-    "cfg_get",
     "limit",
     "load_model",
     "load_tokenizer",
@@ -44,15 +44,6 @@ __all__ = [
 ]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
-    """``cfg[key]`` for a ``ConfigDict`` or mapping, ``default`` when absent or ``None``."""
-    if isinstance(cfg, Mapping):
-        value = cfg.get(key, default)
-    else:
-        value = getattr(cfg, key, default) if key in cfg else default
-    return default if value is None else value
 
 
 def package_dir(name: str) -> pathlib.Path:

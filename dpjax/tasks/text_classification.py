@@ -37,13 +37,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import dpjax
+from dpjax.config_reader import cfg_get
 from dpjax.data import glue, offline
 from dpjax.data.losses import classification_loss
 from dpjax.data.text_encoding import TextConfig
 from dpjax.randomness import RunSecrets
 from dpjax.tasks.feature_mean import private_mean
 from dpjax.tasks.loading import (
-    cfg_get,
     limit,
     load_model,
     load_tokenizer,

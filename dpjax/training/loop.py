@@ -32,7 +32,7 @@ import tqdm
 
 from dpjax.accounting import PrivacyLedger
 from dpjax.clipping import clipped_grad
-from dpjax.data.sampling import FixedSizeSampler, PoissonSampler, host_slice
+from dpjax.data.sampling import PoissonSampler, WithoutReplacementSampler, host_slice
 from dpjax.mechanism import Mechanism, MicroStats
 from dpjax.randomness import RunSecrets
 from dpjax.train_state import TrainState
@@ -70,8 +70,8 @@ def _config_dict(config: Any) -> dict[str, Any]:
 
 def make_sampler(
     settings: TrainSettings, n: int, seed: int | None = None
-) -> PoissonSampler | FixedSizeSampler:
-    """The sampler of the run (Poisson unless ``config.sampler == "fixed"``).
+) -> PoissonSampler | WithoutReplacementSampler:
+    """The sampler of the run (Poisson unless ``config.sampler == "without_replacement"``).
 
     ``seed`` defaults to ``config.seed`` (public); private runs pass their secret one.
     """
@@ -87,7 +87,7 @@ def make_sampler(
             physical_batch_size=settings.physical_batch_size,
             seed=seed,
         )
-    return FixedSizeSampler(
+    return WithoutReplacementSampler(
         n,
         batch_size=settings.batch_size,
         physical_batch_size=settings.physical_batch_size,
@@ -167,9 +167,10 @@ class Trainer:
         if self._mechanism is not None and self._mechanism[0] == index:
             return self._mechanism[1]
         phase, plan, priv = self.plan.phases[index], self.plan, self.settings.privacy
+        groups = priv.clip_groups  # per-layer clipping: {top-level module: norm}
         grad_fn = clipped_grad(
             self.task.loss_fn,
-            l2_clip=priv.l2_clip,
+            l2_clip=priv.l2_clip if groups is None else groups,
             method=phase.engine or "vmap",
             trainable=phase.trainable,
             clip_fn=priv.clip_fn,

@@ -35,6 +35,7 @@ from typing import Any
 
 import jax
 
+from dpjax.config_reader import cfg_get
 from dpjax.mechanism import MicroStats
 from dpjax.randomness import RunSecrets
 from dpjax.training.optimizer import make_schedule
@@ -61,9 +62,8 @@ PRIVATE_DIAGNOSTICS_WARNING = (
 def redact_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``config`` with a user-supplied ``privacy.noise_seed`` replaced by a note."""
     out = copy.deepcopy(dict(config))
-    privacy = out.get("privacy")
-    if isinstance(privacy, Mapping) and privacy.get("noise_seed") is not None:
-        privacy = dict(privacy)
+    if cfg_get(out.get("privacy"), "noise_seed") is not None:
+        privacy = dict(out["privacy"])
         privacy["noise_seed"] = RunSecrets(0, user_supplied=True).describe()
         out["privacy"] = privacy
     return out

@@ -4,18 +4,20 @@ Every check here is pure Python and runs before any JAX work, so a bad value fai
 milliseconds with a message naming the config key (``config.optimizer.lr``), the value
 and what is allowed.
 
-The config layout (see ``experiments/configs/toy.py`` for a complete one)::
+The config layout (``dpjax.training.schema.default_config()`` builds it from these
+dataclasses; ``experiments/configs/toy.py`` fills one)::
 
     method            nonprivate_full | nonprivate_bitfit | dp_full | dp_bitfit | two_phase
     engine            per-example engine of DP full fine-tuning: vmap | ghost
     seed              int, public: non-private runs' sampler (the task builder has its own
                       seeds). Private runs draw their noise and sampling from OS entropy
-    privacy           l2_clip, clip_fn, gamma, noise_multiplier | target_epsilon, delta,
-                      max_epsilon, accountant, noise_seed (None: secret),
+    privacy           l2_clip (a norm or {group: norm}), clip_fn, gamma,
+                      noise_multiplier | target_epsilon, delta (a number or a rule:
+                      1/(2n) | n^-1.1), max_epsilon, accountant, noise_seed (None: secret),
                       log_private_diagnostics, loss_noise_multiplier, loss_clip
     batch_size        logical (expected) batch size, e.g. 1000
     physical_batch_size   rows per jitted micro-batch (gradient accumulation)
-    sampler           poisson | fixed
+    sampler           poisson | without_replacement
     epochs / steps    training length (steps wins when given)
     optimizer         name (adam|sgd), lr, schedule (constant|linear), warmup_steps, ...
     two_phase         full_epochs, full_lr, full_engine
@@ -25,16 +27,34 @@ The config layout (see ``experiments/configs/toy.py`` for a complete one)::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
-import numbers
-from collections.abc import Mapping
 from typing import Any
+
+from dpjax.config_reader import cfg_get, cfg_keys
+from dpjax.validate import (
+    ACCOUNTANTS,
+    CLIP_FNS,
+    DELTA_RULES,
+    ENGINES,
+    METHODS,
+    OPTIMIZERS,
+    PRIVATE_METHODS,
+    SAMPLINGS,
+    SCHEDULES,
+    ConfigError,
+    check_bool,
+    check_choice,
+    check_clip,
+    check_delta,
+    check_int,
+    check_pairs,
+    check_real,
+)
 
 __all__ = [
     "METHODS",
     "ConfigError",
+    "DistributedSettings",
     "MeshSettings",
     "OptimizerSettings",
     "PrivacySettings",
@@ -42,49 +62,9 @@ __all__ = [
     "TwoPhaseSettings",
 ]
 
-METHODS = ("nonprivate_full", "nonprivate_bitfit", "dp_full", "dp_bitfit", "two_phase")
-FULL_ENGINES = ("vmap", "ghost")
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("constant", "linear")
-SAMPLERS = ("poisson", "fixed")
-DELTA_RULES = ("1/(2n)", "n^-1.1")
 #: Top-level config sections read by others (the task builder, the launcher).
 EXTRA_KEYS = ("task", "distributed", "name", "description")
-
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the key and the value."""
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default) if hasattr(cfg, key) else default
-
-
-def _real(name: str, value: Any, *, low: float | None = None, strict: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
-        raise ConfigError(f"config.{name} must be a number, got {value!r}")
-    value = float(value)
-    if math.isinf(value):
-        raise ConfigError(f"config.{name} must be finite, got {value!r}")
-    if low is not None and (value <= low if strict else value < low):
-        raise ConfigError(f"config.{name} must be {'>' if strict else '>='} {low}, got {value!r}")
-    return value
-
-
-def _int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ConfigError(f"config.{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"config.{name} must be one of {choices}, got {value!r}")
-    return value
+POSITIVE, NON_NEGATIVE = "(0, inf)", "[0, inf)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,40 +82,44 @@ class OptimizerSettings:
     momentum: float | None = None
     #: ``{name: m}``: leaves with ``name`` in their path get ``m`` x the learning rate
     #: (e.g. a fresh head beside slowly moving biases); stored as sorted ``(name, m)`` pairs.
-    lr_multipliers: Any = ()
+    lr_multipliers: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
-        pairs = self.lr_multipliers
-        pairs = tuple(sorted(dict(pairs).items())) if pairs else ()
-        for name, m in pairs:
-            _real(f"optimizer.lr_multipliers.{name}", m, low=0)
+        pairs = check_pairs("config.optimizer.lr_multipliers", self.lr_multipliers, POSITIVE)
         object.__setattr__(self, "lr_multipliers", pairs)
-        _choice("optimizer.name", self.name, OPTIMIZERS)
-        _real("optimizer.lr", self.lr, low=0)
-        _choice("optimizer.schedule", self.schedule, SCHEDULES)
-        _int("optimizer.warmup_steps", self.warmup_steps, 0)
-        for k in ("b1", "b2"):
-            v = _real(f"optimizer.{k}", getattr(self, k), low=0.0, strict=False)
-            if v >= 1.0:
-                raise ConfigError(f"config.optimizer.{k} must be in [0, 1), got {v!r}")
-        _real("optimizer.eps", self.eps, low=0)
-        _real("optimizer.weight_decay", self.weight_decay, low=0.0, strict=False)
+        check_choice("config.optimizer.name", self.name, OPTIMIZERS)
+        check_real("config.optimizer.lr", self.lr, POSITIVE)
+        check_choice("config.optimizer.schedule", self.schedule, SCHEDULES)
+        check_int("config.optimizer.warmup_steps", self.warmup_steps, 0)
+        check_real("config.optimizer.b1", self.b1, "[0, 1)")
+        check_real("config.optimizer.b2", self.b2, "[0, 1)")
+        check_real("config.optimizer.eps", self.eps, POSITIVE)
+        check_real("config.optimizer.weight_decay", self.weight_decay, NON_NEGATIVE)
         if self.momentum is not None:
-            _real("optimizer.momentum", self.momentum, low=0.0, strict=False)
+            check_real("config.optimizer.momentum", self.momentum, NON_NEGATIVE)
         if self.name == "sgd" and self.weight_decay:
             raise ConfigError("config.optimizer.weight_decay is only supported with adam")
 
 
 @dataclasses.dataclass(frozen=True)
 class PrivacySettings:
-    """Clipping and noise. Give ``noise_multiplier`` or ``target_epsilon`` (DP methods)."""
+    """Clipping and noise. Give ``noise_multiplier`` or ``target_epsilon`` (DP methods).
 
-    l2_clip: float = 0.1
+    Example:
+      >>> p = PrivacySettings(l2_clip={"head": 1.0, "encoder": 0.1}, delta="1/(2n)")
+      >>> p.l2_clip, p.clip_groups
+      ((('encoder', 0.1), ('head', 1.0)), {'encoder': 0.1, 'head': 1.0})
+    """
+
+    #: One norm for the whole per-example gradient, or ``{group: norm}`` per top-level
+    #: module of the params tree (per-layer clipping), stored as sorted pairs.
+    l2_clip: float | tuple[tuple[str, float], ...] = 0.1
     clip_fn: str = "abadi"
     gamma: float | None = None
     noise_multiplier: float | None = None
     target_epsilon: float | None = None
     max_epsilon: float | None = None
+    #: A number in (0, 1) or a rule of :data:`DELTA_RULES` (resolved once n is known).
     delta: float | str | None = None
     accountant: str = "pld"
     #: ``None`` (default): the noise key and the sampler's seed come from OS entropy and
@@ -152,45 +136,35 @@ class PrivacySettings:
     loss_clip: float = 10.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.delta, str) and self.delta not in DELTA_RULES:
-            with contextlib.suppress(ValueError):  # a number from the command line is a str
-                object.__setattr__(self, "delta", float(self.delta))
+        object.__setattr__(self, "l2_clip", check_clip("config.privacy.l2_clip", self.l2_clip))
         if self.noise_seed is not None:
-            _int("privacy.noise_seed", self.noise_seed, 0)
-        if not isinstance(self.log_private_diagnostics, bool):
-            raise ConfigError(
-                "config.privacy.log_private_diagnostics must be a bool, got "
-                f"{self.log_private_diagnostics!r}"
-            )
-        _real("privacy.l2_clip", self.l2_clip, low=0)
-        _real("privacy.loss_clip", self.loss_clip, low=0)
+            check_int("config.privacy.noise_seed", self.noise_seed, 0)
+        check_bool("config.privacy.log_private_diagnostics", self.log_private_diagnostics)
+        check_real("config.privacy.loss_clip", self.loss_clip, POSITIVE)
         if self.loss_noise_multiplier is not None:
-            _real("privacy.loss_noise_multiplier", self.loss_noise_multiplier, low=0)
-        _choice("privacy.clip_fn", self.clip_fn, ("abadi", "automatic"))
+            check_real("config.privacy.loss_noise_multiplier", self.loss_noise_multiplier, POSITIVE)
+        check_choice("config.privacy.clip_fn", self.clip_fn, CLIP_FNS)
         if self.clip_fn == "automatic":
             if self.gamma is None:
                 raise ConfigError("config.privacy.clip_fn='automatic' needs privacy.gamma > 0")
-            _real("privacy.gamma", self.gamma, low=0.0)
+            check_real("config.privacy.gamma", self.gamma, POSITIVE)
         elif self.gamma is not None:
             raise ConfigError(
                 f"config.privacy.gamma is only used with clip_fn='automatic', got {self.gamma!r}"
             )
         if self.noise_multiplier is not None:
-            _real("privacy.noise_multiplier", self.noise_multiplier, low=0.0, strict=False)
+            check_real("config.privacy.noise_multiplier", self.noise_multiplier, NON_NEGATIVE)
         for k in ("target_epsilon", "max_epsilon"):
             if getattr(self, k) is not None:
-                _real(f"privacy.{k}", getattr(self, k), low=0.0)
-        if isinstance(self.delta, str):
-            if self.delta not in DELTA_RULES:
-                raise ConfigError(
-                    f"config.privacy.delta must be a number in (0, 1) or one of "
-                    f"{DELTA_RULES}, got {self.delta!r}"
-                )
-        elif self.delta is not None:
-            d = _real("privacy.delta", self.delta, low=0.0)
-            if d >= 1.0:
-                raise ConfigError(f"config.privacy.delta must be in (0, 1), got {d!r}")
-        _choice("privacy.accountant", self.accountant, ("pld", "rdp"))
+                check_real(f"config.privacy.{k}", getattr(self, k), POSITIVE)
+        if self.delta is not None:
+            object.__setattr__(self, "delta", check_delta("config.privacy.delta", self.delta))
+        check_choice("config.privacy.accountant", self.accountant, ACCOUNTANTS)
+
+    @property
+    def clip_groups(self) -> dict[str, float] | None:
+        """``{group: norm}`` of per-layer clipping; ``None`` when one norm clips it all."""
+        return None if isinstance(self.l2_clip, float) else dict(self.l2_clip)
 
     def check_private(self) -> None:
         """Checks that a DP method's noise is fully specified (delta included)."""
@@ -223,9 +197,9 @@ class TwoPhaseSettings:
     full_engine: str = "vmap"
 
     def __post_init__(self) -> None:
-        _real("two_phase.full_epochs", self.full_epochs, low=0)
-        _real("two_phase.full_lr", self.full_lr, low=0)
-        _choice("two_phase.full_engine", self.full_engine, FULL_ENGINES)
+        check_real("config.two_phase.full_epochs", self.full_epochs, POSITIVE)
+        check_real("config.two_phase.full_lr", self.full_lr, POSITIVE)
+        check_choice("config.two_phase.full_engine", self.full_engine, ENGINES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,10 +212,22 @@ class MeshSettings:
 
     def __post_init__(self) -> None:
         if self.data != -1:
-            _int("mesh.data", self.data, 1)
-        _int("mesh.model", self.model, 1)
-        if not isinstance(self.fsdp, bool):
-            raise ConfigError(f"config.mesh.fsdp must be a bool, got {self.fsdp!r}")
+            check_int("config.mesh.data", self.data, 1)
+        check_int("config.mesh.model", self.model, 1)
+        check_bool("config.mesh.fsdp", self.fsdp)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedSettings:
+    """Multi-host launch (read by ``experiments/train.py``; its flags override these)."""
+
+    coordinator_address: str | None = None
+    num_processes: int = 1
+    process_id: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("config.distributed.num_processes", self.num_processes, 1)
+        check_int("config.distributed.process_id", self.process_id, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,35 +253,36 @@ class TrainSettings:
     keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
-        _choice("method", self.method, METHODS)
-        _choice("engine", self.engine, FULL_ENGINES)
-        _int("seed", self.seed, 0)
-        _int("batch_size", self.batch_size, 1)
-        _int("physical_batch_size", self.physical_batch_size, 1)
+        check_choice("config.method", self.method, METHODS)
+        check_choice("config.engine", self.engine, ENGINES)
+        check_int("config.seed", self.seed, 0)
+        check_int("config.batch_size", self.batch_size, 1)
+        check_int("config.physical_batch_size", self.physical_batch_size, 1)
         if self.physical_batch_size > self.batch_size:
             raise ConfigError(
                 f"config.physical_batch_size={self.physical_batch_size} is larger than the "
                 f"logical config.batch_size={self.batch_size}"
             )
-        _choice("sampler", self.sampler, SAMPLERS)
+        check_choice("config.sampler", self.sampler, SAMPLINGS)
         if self.steps is None and self.epochs is None:
             raise ConfigError("give config.epochs or config.steps")
         if self.steps is not None:
-            _int("steps", self.steps, 1)
+            check_int("config.steps", self.steps, 1)
         if self.epochs is not None:
-            _real("epochs", self.epochs, low=0.0)
+            check_real("config.epochs", self.epochs, POSITIVE)
         if self.eval_batch_size is not None:
-            _int("eval_batch_size", self.eval_batch_size, 1)
-        _int("eval_every", self.eval_every, 0)
-        _int("log_every", self.log_every, 1)
-        _int("checkpoint_every", self.checkpoint_every, 0)
-        _int("keep_checkpoints", self.keep_checkpoints, 1)
+            check_int("config.eval_batch_size", self.eval_batch_size, 1)
+        check_int("config.eval_every", self.eval_every, 0)
+        check_int("config.log_every", self.log_every, 1)
+        check_int("config.checkpoint_every", self.checkpoint_every, 0)
+        check_int("config.keep_checkpoints", self.keep_checkpoints, 1)
         if self.private:
             self.privacy.check_private()
-            if self.sampler == "fixed" and self.privacy.accountant != "rdp":
+            if self.sampler == "without_replacement" and self.privacy.accountant != "rdp":
                 raise ConfigError(
-                    "config.sampler='fixed' is accounted as sampling without replacement, "
-                    "which only the RDP accountant supports: set config.privacy.accountant='rdp'"
+                    "config.sampler='without_replacement' is accounted as sampling without "
+                    "replacement, which only the RDP accountant supports: set "
+                    "config.privacy.accountant='rdp'"
                 )
         if self.method == "two_phase" and self.steps is not None:
             raise ConfigError("two_phase plans its phases in epochs: set config.epochs, not steps")
@@ -308,39 +295,46 @@ class TrainSettings:
     @property
     def private(self) -> bool:
         """Whether the method adds noise and is accounted."""
-        return self.method in ("dp_full", "dp_bitfit", "two_phase")
+        return self.method in PRIVATE_METHODS
 
     @classmethod
     def from_config(cls, config: Any) -> TrainSettings:
         """Parses an ml_collections ``ConfigDict`` (or a nested mapping)."""
         required = ("method", "batch_size", "physical_batch_size")
-        missing = [k for k in required if _get(config, k) is None]
+        missing = [k for k in required if cfg_get(config, k) is None]
         if missing:
             raise ConfigError(f"config is missing required key(s): {missing}")
         known = {f.name for f in dataclasses.fields(cls)} | set(EXTRA_KEYS)
-        unknown = sorted(set(config.keys()) - known)
+        unknown = sorted(set(cfg_keys(config)) - known)
         if unknown:
             raise ConfigError(f"unknown top-level config key(s) {unknown}; known: {sorted(known)}")
-
-        def sub(kind: type, key: str) -> Any:
-            section = _get(config, key)
-            names = [f.name for f in dataclasses.fields(kind)]
-            if section is None:
-                return kind()
-            keys = set(section.keys())
-            unknown = sorted(keys - set(names))
-            if unknown:
-                raise ConfigError(f"unknown key(s) in config.{key}: {unknown}; known: {names}")
-            return kind(**{k: _get(section, k) for k in names if k in keys})
-
-        top = [f.name for f in dataclasses.fields(cls)]
-        kwargs = {k: _get(config, k) for k in top if _get(config, k) is not None}
-        kwargs.update(
-            optimizer=sub(OptimizerSettings, "optimizer"),
-            privacy=sub(PrivacySettings, "privacy"),
-            two_phase=sub(TwoPhaseSettings, "two_phase"),
-            mesh=sub(MeshSettings, "mesh"),
-        )
-        if _get(config, "steps") is not None and _get(config, "epochs") is not None:
+        _section(DistributedSettings, "distributed", cfg_get(config, "distributed"))
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            value = cfg_get(config, f.name)
+            if f.name in SECTIONS:
+                value = _section(SECTIONS[f.name], f.name, value)
+            if value is not None:
+                kwargs[f.name] = value
+        if cfg_get(config, "steps") is not None and cfg_get(config, "epochs") is not None:
             kwargs["epochs"] = None  # steps wins
         return cls(**kwargs)
+
+
+#: The nested sections of :class:`TrainSettings` and the settings class of each.
+SECTIONS: dict[str, type] = {
+    "optimizer": OptimizerSettings,
+    "privacy": PrivacySettings,
+    "two_phase": TwoPhaseSettings,
+    "mesh": MeshSettings,
+}
+
+
+def _section(kind: type, key: str, section: Any) -> Any:
+    """``kind`` built from the keys a config section gives (its defaults for the rest)."""
+    names = [f.name for f in dataclasses.fields(kind)]
+    keys = set(cfg_keys(section))
+    unknown = sorted(keys - set(names))
+    if unknown:
+        raise ConfigError(f"unknown key(s) in config.{key}: {unknown}; known: {names}")
+    return kind(**{k: cfg_get(section, k) for k in names if k in keys})

@@ -1,9 +1,11 @@
-"""Shared skeleton of the experiment configs (not a config itself: no ``get_config``).
+"""Shared helpers of the experiment configs (not a config itself: no ``get_config``).
 
-``base_config`` returns a complete trainer config (every key the trainer validates, see
-``dpjax/training/settings.py``) for one method; each experiment file fills ``task`` and
-the paper's hyperparameters. ``parse_arg`` splits ``"sst2,roberta-base,dp_bitfit,eps8"``
-into tokens and checks them against the allowed values.
+``base_config`` returns a complete trainer config for one method: the schema of
+``dpjax.training.schema.default_config`` (every key the trainer validates) with the
+papers' defaults; each experiment file fills ``task`` (``task_config`` adds the keys
+every task builder shares) and its hyperparameters. ``parse_arg`` splits
+``"sst2,roberta-base,dp_bitfit,eps8"`` into tokens and checks them against the allowed
+values.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-__all__ = ["base_config", "parse_arg", "smoke_sizes"]
+from dpjax.training.schema import default_config
+
+__all__ = ["base_config", "parse_arg", "set_epsilon", "smoke_run", "smoke_sizes", "task_config"]
 
 #: Learning rates of paper 1 (DP-BiTFiT) and paper 2 (DP full fine-tuning) with DP-Adam.
 LR = {"dp_bitfit": 5e-3, "dp_full": 5e-4, "nonprivate_bitfit": 5e-3, "nonprivate_full": 5e-4}
@@ -22,52 +26,47 @@ LR = {"dp_bitfit": 5e-3, "dp_full": 5e-4, "nonprivate_bitfit": 5e-3, "nonprivate
 
 def base_config(method: str, *, name: str, task: dict[str, Any]) -> ml_collections.ConfigDict:
     """A full trainer config for ``method`` with paper-1 defaults (clip 0.1, DP-Adam,
-    linear decay, Poisson sampling, PLD accounting, delta = 1/(2n))."""
-    c = ml_collections.ConfigDict()
+    linear decay, Poisson sampling, PLD accounting, epsilon 8, delta = 1/(2n))."""
+    c = default_config()
     c.name = name
-    c.description = ""
     c.task = ml_collections.ConfigDict(task)
     c.method = method
-    c.engine = "vmap"
-    c.seed = 0
     c.batch_size = 1000
     c.physical_batch_size = 50
-    c.sampler = "poisson"
     c.epochs = 3.0
-    c.steps = placeholder(int)
-    c.optimizer = ml_collections.ConfigDict(
-        dict(name="adam", lr=LR.get(method, 5e-3), schedule="linear", warmup_steps=0, b1=0.9,
-             b2=0.999, eps=1e-8, weight_decay=0.0, momentum=placeholder(float))
-    )  # fmt: skip
-    c.privacy = ml_collections.ConfigDict(
-        dict(l2_clip=0.1, clip_fn="abadi", gamma=placeholder(float),
-             noise_multiplier=placeholder(float), target_epsilon=placeholder(float),
-             max_epsilon=placeholder(float), delta=placeholder(str), accountant="pld",
-             noise_seed=placeholder(int), log_private_diagnostics=False,
-             loss_noise_multiplier=placeholder(float), loss_clip=10.0)
-    )  # fmt: skip
+    c.optimizer.lr = LR.get(method, 5e-3)
     if not method.startswith("nonprivate"):
         c.privacy.target_epsilon = 8.0
         c.privacy.delta = "1/(2n)"
-    c.two_phase = ml_collections.ConfigDict(dict(full_epochs=1.0, full_lr=5e-4, full_engine="vmap"))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1, fsdp=False))
-    c.eval_every = 0
-    c.eval_batch_size = placeholder(int)
-    c.log_every = 1
-    c.checkpoint_every = 0
-    c.keep_checkpoints = 2
-    c.distributed = ml_collections.ConfigDict(
-        dict(coordinator_address=placeholder(str), num_processes=1, process_id=0)
-    )
     return c
 
 
-def set_delta(c: ml_collections.ConfigDict, delta: float | str) -> None:
-    """Sets ``privacy.delta`` (a number or a rule), keeping its ``str`` placeholder type
-    out of the way: the field is re-created to hold a float."""
-    privacy = c.privacy.to_dict()
-    privacy["delta"] = delta
-    c.privacy = ml_collections.ConfigDict(privacy)
+def task_config(builder: str, dataset: str, **keys: Any) -> dict[str, Any]:
+    """A task section for ``builder`` on ``dataset``: ``keys`` plus the keys every
+    TFDS-backed builder reads (no model override, default data and cache folders, no mock
+    records, init seed 0, float32, no split limits)."""
+    return dict(
+        builder=builder,
+        dataset=dataset,
+        model=placeholder(str),
+        data_dir=placeholder(str),
+        cache_dir=placeholder(str),
+        mock_examples=0,
+        init_seed=0,
+        dtype="float32",
+        train_limit=0,
+        eval_limit=0,
+        **keys,
+    )
+
+
+def set_epsilon(c: ml_collections.ConfigDict, eps: str, delta: float | None = None) -> None:
+    """A private config's target epsilon from an ``"eps8"`` token (and ``delta`` when
+    given, else the base rule); non-private configs are left alone."""
+    if c.privacy.target_epsilon is not None:
+        c.privacy.target_epsilon = float(eps[3:])
+        if delta is not None:
+            c.privacy.delta = delta
 
 
 def smoke_sizes(c: ml_collections.ConfigDict, *, steps: int = 2, batch: int = 16) -> None:
@@ -77,6 +76,18 @@ def smoke_sizes(c: ml_collections.ConfigDict, *, steps: int = 2, batch: int = 16
     c.batch_size = batch
     c.physical_batch_size = 8
     c.eval_batch_size = 8
+
+
+def smoke_run(c: ml_collections.ConfigDict, model: str, **task: Any) -> None:
+    """Turns a paper config into its smoke variant: a random ``model`` (no checkpoint), 24
+    TFDS mock records, the ``task`` keys given, and :func:`smoke_sizes`."""
+    c.name += "-smoke"
+    c.task.checkpoint_dir = None
+    c.task.model = model
+    c.task.mock_examples = 24
+    for key, value in task.items():  # replaced, not merged (``update`` merges sections)
+        c.task[key] = value
+    smoke_sizes(c)
 
 
 def parse_arg(arg: str | None, default: str, choices: Sequence[Sequence[str]]) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from experiments.configs._base import base_config, parse_arg, set_delta, smoke_sizes
+from experiments.configs._base import base_config, parse_arg, set_epsilon, smoke_run, task_config
 
 MODELS = ("gpt2", "gpt2-medium", "gpt2-large")
 METHODS = ("dp_full", "dp_bitfit", "nonprivate_full", "nonprivate_bitfit")
@@ -27,21 +27,13 @@ def table2text_config(
     """Li et al.'s setting for ``dataset``: DP-Adam, clip 0.1, logical batch 1024, linear
     decay, the given delta / lr / epochs / lengths; DP-BiTFiT uses lr 5e-3 (paper 1)."""
     model, method, eps, *smoke = parse_arg(arg, "gpt2,dp_full,eps8", (MODELS, METHODS, EPSILONS))
-    task = dict(
-        builder="dpjax.tasks.generation:build",
-        dataset=dataset,
+    task = task_config(
+        "dpjax.tasks.generation:build",
+        dataset,
         checkpoint_dir=f"checkpoints/{model}",
-        model=placeholder(str),
         tokenizer=placeholder(str),
         max_length=max_length,
         max_prompt_length=64,
-        data_dir=placeholder(str),
-        cache_dir=placeholder(str),
-        mock_examples=0,
-        init_seed=0,
-        dtype="float32",
-        train_limit=0,
-        eval_limit=0,
         generation=dict(
             enabled=True, split="test", num_tables=0, max_new_tokens=max_new_tokens,
             num_beams=5, length_penalty=1.0, batch_size=32,
@@ -57,18 +49,9 @@ def table2text_config(
     c.log_every = 10
     if method.endswith("full"):
         c.optimizer.lr = full_lr
-    if c.privacy.target_epsilon is not None:
-        c.privacy.target_epsilon = float(eps[3:])
-        set_delta(c, delta)
+    set_epsilon(c, eps, delta=delta)
     if smoke:
-        c.name += "-smoke"
-        c.task.checkpoint_dir = None
-        c.task.model = "gpt2-tiny"
-        c.task.tokenizer = GPT2_RANKS
-        c.task.max_length = 24
-        c.task.max_prompt_length = 16
-        c.task.mock_examples = 24
+        smoke_run(c, "gpt2-tiny", tokenizer=GPT2_RANKS, max_length=24, max_prompt_length=16)
         c.task.generation.update(split="validation", num_tables=4, max_new_tokens=8,
                                  batch_size=4, num_beams=1)  # fmt: skip
-        smoke_sizes(c)
     return c

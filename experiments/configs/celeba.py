@@ -45,7 +45,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from experiments.configs._base import base_config, parse_arg, set_delta, smoke_sizes
+from experiments.configs._base import base_config, parse_arg, set_epsilon, smoke_run, task_config
 
 LABELS = {"smiling": "Smiling", "male": "Male", "multi": None}
 METHODS = ("dp_bitfit_add", "dp_full", "nonprivate_bitfit_add", "nonprivate_full")
@@ -61,41 +61,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The CelebA config of ``arg`` (see the module docstring)."""
     labels, method, eps, *smoke = parse_arg(arg, DEFAULT, (tuple(LABELS), METHODS, EPSILONS))
     add = method.endswith("_add")
-    task = dict(
-        builder="dpjax.tasks.image_classification:build",
-        dataset="celeb_a",
+    task = task_config(
+        "dpjax.tasks.image_classification:build",
+        "celeb_a",
         attribute=LABELS[labels] if LABELS[labels] else placeholder(str),
         checkpoint_dir="checkpoints/resnet-18",
-        model=placeholder(str),
         model_overrides={"conv_bias": add, "num_groups": 32},
         resolution=224,
         normalize="imagenet",
-        data_dir=placeholder(str),
-        cache_dir=placeholder(str),
-        mock_examples=0,
-        init_seed=0,
-        dtype="float32",
-        train_limit=0,
-        eval_limit=0,
     )
     trainer_method = method.removesuffix("_add")
     c = base_config(trainer_method, name=f"celeba-{labels}-{method}-{eps}", task=task)
     c.description = f"CelebA {labels}, ResNet-18, {method}, epsilon {eps[3:]}"
     c.engine = "ghost"
-    c.batch_size = 1000
-    c.epochs = 3.0
-    c.physical_batch_size = 50
     c.eval_batch_size = 100
     c.log_every = 10
-    if c.privacy.target_epsilon is not None:
-        c.privacy.target_epsilon = float(eps[3:])
-        set_delta(c, 1e-5)
+    set_epsilon(c, eps, delta=1e-5)
     if smoke:
-        c.name += "-smoke"
-        c.task.checkpoint_dir = None
-        c.task.model = "resnet-tiny"
-        c.task.model_overrides = {"conv_bias": add}
-        c.task.resolution = 32
-        c.task.mock_examples = 24
-        smoke_sizes(c)
+        smoke_run(c, "resnet-tiny", model_overrides={"conv_bias": add}, resolution=32)
     return c

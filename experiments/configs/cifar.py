@@ -56,9 +56,8 @@ accuracy, %; "-" = no number recorded in PAPERS.md):
 from __future__ import annotations
 
 import ml_collections
-from ml_collections.config_dict import placeholder
 
-from experiments.configs._base import base_config, parse_arg, set_delta, smoke_sizes
+from experiments.configs._base import base_config, parse_arg, set_epsilon, smoke_run, task_config
 
 DATASETS = ("cifar10", "cifar100")
 MODELS = ("vit-base", "vit-large")
@@ -76,38 +75,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     dataset, model, method, eps, *smoke = parse_arg(
         arg, DEFAULT, (DATASETS, MODELS, METHODS, EPSILONS)
     )
-    task = dict(
-        builder="dpjax.tasks.image_classification:build",
-        dataset=dataset,
+    task = task_config(
+        "dpjax.tasks.image_classification:build",
+        dataset,
         checkpoint_dir=f"checkpoints/{model}-patch16-224",
-        model=placeholder(str),
         model_overrides={},
         resolution=224,
         normalize="minus_one_one",
-        data_dir=placeholder(str),
-        cache_dir=placeholder(str),
-        mock_examples=0,
-        init_seed=0,
-        dtype="float32",
-        train_limit=0,
-        eval_limit=0,
     )
     c = base_config(method, name=f"{dataset}-{model}-{method}-{eps}", task=task)
     c.description = f"{dataset}, {model}, {method}, epsilon {eps[3:]}"
     c.engine = "ghost"
-    c.batch_size = 1000
-    c.epochs = 3.0
     c.physical_batch_size = 25
     c.eval_batch_size = 100
     c.log_every = 10
-    if c.privacy.target_epsilon is not None:
-        c.privacy.target_epsilon = float(eps[3:])
-        set_delta(c, 1e-5)
+    set_epsilon(c, eps, delta=1e-5)
     if smoke:
-        c.name += "-smoke"
-        c.task.checkpoint_dir = None
-        c.task.model = "vit-tiny"
-        c.task.resolution = 32
-        c.task.mock_examples = 24
-        smoke_sizes(c)
+        smoke_run(c, "vit-tiny", resolution=32)
     return c

@@ -74,7 +74,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from experiments.configs._base import base_config, parse_arg, smoke_sizes
+from experiments.configs._base import base_config, parse_arg, set_epsilon, smoke_run, task_config
 
 TASKS = ("sst2", "qnli", "qqp", "mnli")
 MODELS = ("roberta-base", "roberta-large")
@@ -94,22 +94,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     parts = parse_arg(arg, DEFAULT, (TASKS, MODELS, METHODS, EPSILONS))
     task_name, model, method, eps = parts[:4]
     smoke = parts[-1] == "smoke"
-    task = dict(
-        builder="dpjax.tasks.text_classification:build",
-        dataset=f"glue/{task_name}",
+    task = task_config(
+        "dpjax.tasks.text_classification:build",
+        f"glue/{task_name}",
         format="prompt",
         checkpoint_dir=f"checkpoints/{model}",
-        model=placeholder(str),
         tokenizer=placeholder(str),
         tokenizer_kind="roberta",
         max_length=256,
-        data_dir=placeholder(str),
-        cache_dir=placeholder(str),
-        mock_examples=0,
-        init_seed=0,
-        dtype="float32",
-        train_limit=0,
-        eval_limit=0,
     )
     c = base_config(method, name=f"glue-{task_name}-{model}-{method}-{eps}", task=task)
     c.description = f"GLUE {task_name}, {model}, {method}, epsilon {eps[3:]} (prompt format)"
@@ -120,14 +112,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.physical_batch_size = 25
     c.eval_batch_size = 100
     c.log_every = 10
-    if c.privacy.target_epsilon is not None:
-        c.privacy.target_epsilon = float(eps[3:])
+    set_epsilon(c, eps)
     if smoke:
-        c.name += "-smoke"
-        c.task.checkpoint_dir = None
-        c.task.model = "roberta-tiny"
-        c.task.tokenizer = ROBERTA_BPE
-        c.task.max_length = 32
-        c.task.mock_examples = 24
-        smoke_sizes(c)
+        smoke_run(c, "roberta-tiny", tokenizer=ROBERTA_BPE, max_length=32)
     return c

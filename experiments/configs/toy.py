@@ -24,6 +24,7 @@ import numpy as np
 
 import dpjax
 from dpjax.data.arrays import ArrayDataset
+from dpjax.training.schema import default_config
 from dpjax.training.task import Task
 
 VARIANTS = ("dp_full", "dp_bitfit", "two_phase", "nonprivate_full", "nonprivate_bitfit", "smoke")
@@ -85,7 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "dp_full"
     if variant not in VARIANTS:
         raise ValueError(f"unknown toy variant {variant!r}; choose from {VARIANTS}")
-    c = ml_collections.ConfigDict()
+    c = default_config()
     c.name = f"toy-{variant}"
     c.task = ml_collections.ConfigDict(
         dict(
@@ -100,60 +101,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
     )
     c.method = "dp_bitfit" if variant == "smoke" else variant
-    c.engine = "vmap"
-    c.seed = 0
     c.batch_size = 64
     c.physical_batch_size = 32
-    c.sampler = "poisson"
     c.epochs = 2.0
-    c.steps = ml_collections.config_dict.placeholder(int)
-    c.optimizer = ml_collections.ConfigDict(
-        dict(
-            name="adam",
-            lr=5e-3 if "bitfit" in variant or variant in ("two_phase", "smoke") else 5e-4,
-            schedule="linear",
-            warmup_steps=0,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-8,
-            weight_decay=0.0,
-            momentum=ml_collections.config_dict.placeholder(float),
-        )
-    )
-    c.privacy = ml_collections.ConfigDict(
-        dict(
-            l2_clip=0.1,
-            clip_fn="abadi",
-            gamma=ml_collections.config_dict.placeholder(float),
-            noise_multiplier=ml_collections.config_dict.placeholder(float),
-            target_epsilon=ml_collections.config_dict.placeholder(float),
-            max_epsilon=ml_collections.config_dict.placeholder(float),
-            delta="1/(2n)",
-            accountant="pld",
-            noise_seed=ml_collections.config_dict.placeholder(int),
-            log_private_diagnostics=False,
-            loss_noise_multiplier=ml_collections.config_dict.placeholder(float),
-            loss_clip=10.0,
-        )
-    )
-    if variant.startswith("nonprivate"):
-        c.privacy.delta = ml_collections.config_dict.placeholder(str)
-    else:
+    c.optimizer.lr = 5e-3 if "bitfit" in variant or variant in ("two_phase", "smoke") else 5e-4
+    if not variant.startswith("nonprivate"):
         c.privacy.target_epsilon = 8.0
-    c.two_phase = ml_collections.ConfigDict(dict(full_epochs=1.0, full_lr=5e-4, full_engine="vmap"))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1, fsdp=False))
-    c.eval_every = 0
+        c.privacy.delta = "1/(2n)"
     c.eval_batch_size = 64
     c.log_every = 4
-    c.checkpoint_every = 0
-    c.keep_checkpoints = 2
-    c.distributed = ml_collections.ConfigDict(
-        dict(
-            coordinator_address=ml_collections.config_dict.placeholder(str),
-            num_processes=1,
-            process_id=0,
-        )
-    )
     if variant == "smoke":  # seconds: fixed sigma (no calibration), 3 steps
         c.steps = 3
         c.log_every = 1
