@@ -158,15 +158,18 @@ def test_bad_mechanisms_are_refused():
         mech.logical_step(mech.init(PARAMS), [])
 
 
-def test_per_layer_clipping_from_config_clips_and_noises_through_the_trainer(tmp_path):
+@pytest.mark.parametrize("engine", ["vmap", "ghost"])
+def test_per_layer_clipping_from_config_clips_and_noises_through_the_trainer(tmp_path, engine):
     """privacy.l2_clip={group: C_k}: the trainer's clipped sum clips each group to C_k
-    (float64 vmap(grad) oracle) and its noise std is sigma * sqrt(sum_k C_k^2) / E[B]."""
+    (float64 vmap(grad) oracle; check_engine agrees) and its noise std is
+    sigma * sqrt(sum_k C_k^2) / E[B]."""
     from dpjax.training import Trainer
     from experiments.configs import toy
 
     norms = {"dense1": 0.02, "head": 0.05, "norm": 0.01}
     cfg = toy.get_config("dp_full")
     cfg.privacy.l2_clip = norms
+    cfg.engine = engine
     cfg.privacy.target_epsilon, cfg.privacy.noise_multiplier = None, 1.5
     cfg.privacy.noise_seed = 0
     cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.schedule = "sgd", 1.0, "constant"
@@ -196,6 +199,8 @@ def test_per_layer_clipping_from_config_clips_and_noises_through_the_trainer(tmp
         f = np.where(host["mask"], np.minimum(1.0, c / np.sqrt(sq)), 0.0)
         want[group] = {k: np.tensordot(f, np.asarray(v), 1) for k, v in leaves.items()}
     jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=2e-4, atol=1e-7), grads, want)
+    dpjax.check_engine(trainer.task.loss_fn, trainer.task.params, host, method=engine,
+                       l2_clip=mech.grad_fn.l2_clip)  # fmt: skip
 
     # noise: sgd(1) on a zero clipped sum moves the parameters by -noise / E[B]
     zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), state.train)
