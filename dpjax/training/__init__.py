@@ -1,34 +1,47 @@
 """One trainer for every method: DP full, DP-BiTFiT, two-phase and non-private baselines.
 
+Names load on first use, so an experiment config that imports
+``dpjax.training.schema`` does not import the trainer (orbax, TensorBoard, the tasks).
+
 Example:
     >>> from dpjax import training
     >>> from experiments.configs import toy  # doctest: +SKIP
     >>> results = training.train(toy.get_config("smoke"), "runs/toy")  # doctest: +SKIP
 """
 
-from dpjax.train_state import TrainState, init_state
-from dpjax.training.checkpoint import Checkpointer, CheckpointError, fingerprint
-from dpjax.training.loop import Trainer, make_sampler, train
-from dpjax.training.plan import Phase, RunPlan, make_plan
-from dpjax.training.settings import METHODS, ConfigError, TrainSettings
-from dpjax.training.task import Dataset, Task, build_task
+import importlib
+from typing import Any
 
-__all__ = [
-    "METHODS",
-    "CheckpointError",
-    "Checkpointer",
-    "ConfigError",
-    "Dataset",
-    "Phase",
-    "RunPlan",
-    "Task",
-    "TrainSettings",
-    "TrainState",
-    "Trainer",
-    "build_task",
-    "fingerprint",
-    "init_state",
-    "make_plan",
-    "make_sampler",
-    "train",
-]
+_WHERE = {
+    "METHODS": "dpjax.training.settings",
+    "CheckpointError": "dpjax.training.checkpoint",
+    "Checkpointer": "dpjax.training.checkpoint",
+    "ConfigError": "dpjax.training.settings",
+    "Dataset": "dpjax.training.task",
+    "Phase": "dpjax.training.plan",
+    "RunPlan": "dpjax.training.plan",
+    "Task": "dpjax.training.task",
+    "TrainSettings": "dpjax.training.settings",
+    "TrainState": "dpjax.train_state",
+    "Trainer": "dpjax.training.loop",
+    "build_task": "dpjax.training.task",
+    "fingerprint": "dpjax.training.checkpoint",
+    "init_state": "dpjax.train_state",
+    "make_plan": "dpjax.training.plan",
+    "make_sampler": "dpjax.training.loop",
+    "train": "dpjax.training.loop",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dpjax.training' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
