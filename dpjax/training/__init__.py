@@ -28,7 +28,7 @@ _WHERE = {
     "fingerprint": "dpjax.training.checkpoint",
     "init_state": "dpjax.train_state",
     "make_plan": "dpjax.training.plan",
-    "make_sampler": "dpjax.training.loop",
+    "make_sampler": "dpjax.training.plan",
     "train": "dpjax.training.loop",
 }
 

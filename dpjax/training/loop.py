@@ -32,7 +32,7 @@ import tqdm
 
 from dpjax.accounting import PrivacyLedger
 from dpjax.clipping import clipped_grad
-from dpjax.data.sampling import PoissonSampler, WithoutReplacementSampler, host_slice
+from dpjax.data.sampling import host_slice
 from dpjax.mechanism import Mechanism, MicroStats
 from dpjax.randomness import RunSecrets
 from dpjax.train_state import TrainState
@@ -42,7 +42,7 @@ from dpjax.training.epsilon_curve import EpsilonCurve
 from dpjax.training.evaluation import Evaluator
 from dpjax.training.metrics import MetricWriter
 from dpjax.training.optimizer import make_optimizer
-from dpjax.training.plan import RunPlan, make_plan
+from dpjax.training.plan import RunPlan, make_plan, make_sampler
 from dpjax.training.secrets import run_secrets
 from dpjax.training.settings import ConfigError, TrainSettings
 from dpjax.training.sharding import (
@@ -66,33 +66,6 @@ Hook = Callable[[int, TrainState], None]
 
 def _config_dict(config: Any) -> dict[str, Any]:
     return config.to_dict() if hasattr(config, "to_dict") else dict(config)
-
-
-def make_sampler(
-    settings: TrainSettings, n: int, seed: int | None = None
-) -> PoissonSampler | WithoutReplacementSampler:
-    """The sampler of the run (Poisson unless ``config.sampler == "without_replacement"``).
-
-    ``seed`` defaults to ``config.seed`` (public); private runs pass their secret one.
-    """
-    seed = settings.seed if seed is None else seed
-    if settings.batch_size > n:
-        raise ConfigError(
-            f"config.batch_size={settings.batch_size} exceeds the {n} training examples"
-        )
-    if settings.sampler == "poisson":
-        return PoissonSampler(
-            n,
-            expected_batch_size=settings.batch_size,
-            physical_batch_size=settings.physical_batch_size,
-            seed=seed,
-        )
-    return WithoutReplacementSampler(
-        n,
-        batch_size=settings.batch_size,
-        physical_batch_size=settings.physical_batch_size,
-        seed=seed,
-    )
 
 
 def _check_divisible(name: str, rows: int, mesh_rows: int, processes: int) -> None:

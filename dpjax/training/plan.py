@@ -25,11 +25,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from dpjax import accounting
+from dpjax.data.sampling import PoissonSampler, WithoutReplacementSampler
 from dpjax.engines import get_engine
 from dpjax.partition import Predicate, all_leaves, bias_only
 from dpjax.training.settings import ConfigError, PrivacySettings, TrainSettings
 
-__all__ = ["Phase", "RunPlan", "make_plan"]
+__all__ = ["Phase", "RunPlan", "make_plan", "make_sampler"]
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,33 @@ class RunPlan:
             else:
                 hi = mid
         return done + lo
+
+
+def make_sampler(
+    settings: TrainSettings, n: int, seed: int | None = None
+) -> PoissonSampler | WithoutReplacementSampler:
+    """The sampler of the run (Poisson unless ``config.sampler == "without_replacement"``).
+
+    ``seed`` defaults to ``config.seed`` (public); private runs pass their secret one.
+    """
+    seed = settings.seed if seed is None else seed
+    if settings.batch_size > n:
+        raise ConfigError(
+            f"config.batch_size={settings.batch_size} exceeds the {n} training examples"
+        )
+    if settings.sampler == "poisson":
+        return PoissonSampler(
+            n,
+            expected_batch_size=settings.batch_size,
+            physical_batch_size=settings.physical_batch_size,
+            seed=seed,
+        )
+    return WithoutReplacementSampler(
+        n,
+        batch_size=settings.batch_size,
+        physical_batch_size=settings.physical_batch_size,
+        seed=seed,
+    )
 
 
 def _resolve_delta(privacy: PrivacySettings, n: int) -> float:
