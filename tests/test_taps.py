@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import toy_models
 
-from dpjax.engines import taps
+from dpjax.engines import layers, taps
 
 
 class TwoLayer(nn.Module):
@@ -195,4 +195,4 @@ def test_register_custom_layer():
         (call,) = taps.discover(loss_fn, params, x)
         assert call.module_type is AddBias and call.param_path("bias") == ("params", "bias")
     finally:
-        taps._LAYERS.pop(AddBias)
+        layers.LAYERS.pop(AddBias)
