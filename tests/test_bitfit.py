@@ -9,8 +9,9 @@ import toy_models
 
 import dpjax
 from dpjax.check import EngineMismatchError, check_engine
-from dpjax.engines import ENGINES, taps
-from dpjax.engines.bitfit import BIAS_RULES, bitfit_engine, plan_taps, register_bias_layer
+from dpjax.engines import ENGINES, layers
+from dpjax.engines.bitfit import BIAS, bitfit_engine, register_bias_layer
+from dpjax.engines.tap_plan import plan_taps
 from dpjax.partition import leaf_paths
 
 BATCHED = "bitfit_test_batched"
@@ -50,8 +51,7 @@ def assert_same(loss_fn, params, batch, method="bitfit", rtol=1e-9, atol=1e-12, 
 
 def tap_plan(loss_fn, params, batch, trainable):
     train, _ = dpjax.partition(params, trainable)
-    calls = taps.discover(loss_fn, params, batch)
-    return plan_taps(calls, params, leaf_paths(train)), leaf_paths(train)
+    return plan_taps(loss_fn, params, batch, leaf_paths(train), BIAS), leaf_paths(train)
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "block"])
@@ -89,7 +89,7 @@ def test_conv_zoo(x64):
     loss_fn = xent(model)
     tplan, _ = tap_plan(loss_fn, params, batch, dpjax.bias_only)
     assert tplan.direct == ()
-    axes = {s.key.split(":")[0]: s.axes for s in tplan.sites}
+    axes = {u.key.split(":")[0]: u.axes for u in tplan.uses}
     assert axes["ln2d"] == (2, 3) and axes["over_h"] == (3, 4)
     assert_same(loss_fn, params, batch, l2_clip=0.1, trainable=dpjax.bias_only)  # batched
 
@@ -114,7 +114,7 @@ def test_shared_layer_sums_before_norm(x64):
     batch = {"x": ids, "y": jnp.arange(6) % 9}
     loss_fn = xent(model)
     tplan, paths = tap_plan(loss_fn, params, batch, dpjax.bias_only)
-    shared_sites = [s for s in tplan.sites if paths[s.leaf] == ("shared", "bias")]
+    shared_sites = [u for u in tplan.uses if paths[u.leaf] == ("shared", "bias")]
     assert len(shared_sites) == 2  # both calls feed the same leaf
     assert_same(loss_fn, params, batch, l2_clip=0.05, trainable=dpjax.bias_only)
 
@@ -279,8 +279,7 @@ def test_check_engine_on_custom_modules(layer):
                 check_engine(loss_fn, params, batch, method="bitfit", **kw)
             assert "head/bias" not in str(err.value)
     finally:
-        BIAS_RULES.pop(layer)
-        taps._LAYERS.pop(layer)
+        layers.LAYERS.pop(layer)
 
 
 def _flops(fn, *args):

@@ -8,7 +8,8 @@ import pytest
 import toy_models
 
 import dpjax
-from dpjax.engines.ghost_plan import make_ghost_plan
+from dpjax.engines.ghost import GHOST
+from dpjax.engines.tap_plan import plan_taps
 from dpjax.partition import leaf_paths, path_to_str
 
 V, D, T, H = 13, 8, 6, 2
@@ -149,8 +150,8 @@ def assert_same(want, got, rtol=1e-5, rows=slice(None)):
 
 def fallback_names(loss_fn, params, batch):
     paths = leaf_paths(params)
-    plan = make_ghost_plan(loss_fn, params, batch, paths)
-    return {path_to_str(paths[i]) for i in plan.fallback}
+    plan = plan_taps(loss_fn, params, batch, paths, GHOST)
+    return {path_to_str(paths[i]) for i in plan.direct}
 
 
 @pytest.mark.parametrize("kind", ["bert", "gpt2", "vit", "cnn"])

@@ -16,6 +16,7 @@ import pytest
 
 from dpjax.engines import ghost_layers as gl
 from dpjax.engines import ghost_norms as gn
+from dpjax.engines import layers
 
 
 def layer_results(module, x, w, c, keep, adapter, method):
@@ -169,7 +170,7 @@ def test_embed_attend(x64):
 )
 def test_norm_layers(x64, module):
     x = normal((4, 3, 6)) * 3 + 1
-    adapter = gl.adapter_for(type(module), "__call__")
+    adapter = layers.lookup(type(module)).adapter("__call__")
     names = {"scale"} | ({"bias"} if getattr(module, "use_bias", False) else set())
     run_layer(module, x, adapter, names)
 

@@ -19,7 +19,7 @@ from dpjax.training.task import Task
 
 
 class SubConv(nn.Conv):
-    """A Conv subclass: taps see it, but ghost has no rule for it (exact fallback)."""
+    """A Conv subclass: not in the layer table (exact type match), so it takes the exact path."""
 
 
 class FallbackCNN(nn.Module):
@@ -42,7 +42,7 @@ def _cnn(kind):
 
 
 # Every path that runs vmap(grad) somewhere on a conv model: the vmap engine, bitfit with a
-# conv kernel as a direct leaf, ghost with a fallback conv (a subclass has no ghost rule).
+# conv kernel as a direct leaf, ghost with a direct conv (a subclass is not tapped).
 PATHS = {
     "vmap": ("cnn", dict(method="vmap")),
     "bitfit-direct-conv": (

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import toy_models
 
-from dpjax.engines import taps
+from dpjax.engines import layers, taps
 
 
 class TwoLayer(nn.Module):
@@ -195,4 +195,85 @@ def test_register_custom_layer():
         (call,) = taps.discover(loss_fn, params, x)
         assert call.module_type is AddBias and call.param_path("bias") == ("params", "bias")
     finally:
-        taps._LAYERS.pop(AddBias)
+        layers.LAYERS.pop(AddBias)
+
+
+# --- the shared plan and pass of the tap engines (dpjax.engines.tap_plan / tap_pass) ---
+
+
+class SubDense(nn.Dense):
+    """A subclass of a known layer: not tapped until registered itself (exact type match)."""
+
+
+class WithPos(nn.Module):
+    """A Dense applied to a parameter (no batch axis) and a Dense subclass."""
+
+    @nn.compact
+    def __call__(self, x):  # [B, 3, 4]
+        pos = nn.Dense(4, name="pos_proj")(self.param("pos", nn.initializers.normal(1.0), (3, 4)))
+        h = jnp.tanh(SubDense(4, name="sub")(x + pos))
+        return nn.Dense(2, name="head")(h.mean(1))
+
+
+def _with_pos():
+    model = WithPos()
+    x = jax.random.normal(jax.random.key(0), (4, 3, 4), jnp.float64)
+    params = model.init(jax.random.key(1), x)["params"]
+    params = jax.tree.map(lambda v: v.astype(jnp.float64), params)
+    return toy_models.xent_loss(model), params, {"x": x, "y": jnp.array([0, 1, 1, 0])}
+
+
+@pytest.mark.parametrize("method", ["bitfit", "ghost"])
+def test_plan_sends_untappable_leaves_direct_and_stays_exact(x64, method):
+    import dpjax
+    from dpjax.engines.bitfit import BIAS
+    from dpjax.engines.ghost import GHOST
+    from dpjax.engines.tap_plan import plan_taps
+    from dpjax.partition import leaf_paths, path_to_str
+
+    loss_fn, params, batch = _with_pos()
+    trainable = dpjax.bias_only if method == "bitfit" else None
+    train, _ = dpjax.partition(params, trainable)
+    paths = leaf_paths(train)
+    plan = plan_taps(loss_fn, params, batch, paths, BIAS if method == "bitfit" else GHOST)
+    reasons = {path_to_str(paths[i]): plan.reasons[i] for i in plan.direct}
+    assert "not per-example" in reasons["pos_proj/bias"]  # applied to a parameter
+    assert "recognised layer" in reasons["sub/bias"]  # a subclass is not in the table
+    assert "head/bias" not in reasons
+    assert "pos_proj/bias" in plan.describe(paths)
+    got = dpjax.clipped_grad(loss_fn, l2_clip=0.1, method=method, trainable=trainable)
+    want = dpjax.clipped_grad(loss_fn, l2_clip=0.1, method="vmap", trainable=trainable)
+    (g, gi), (w, wi) = got(params, batch), want(params, batch)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(w), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(gi.norms, wi.norms, rtol=1e-9)
+    layers.register_layer(SubDense, bias=layers.trailing_bias, ghost={"__call__": None})
+    try:  # registered: now the subclass is tapped (bitfit; ghost has no adapter for it)
+        plan = plan_taps(loss_fn, params, batch, paths, BIAS if method == "bitfit" else GHOST)
+        direct = {path_to_str(paths[i]) for i in plan.direct}
+        assert ("sub/bias" in direct) == (method == "ghost")
+    finally:
+        layers.LAYERS.pop(SubDense)
+
+
+@pytest.mark.parametrize(
+    "method, trainable, mixes",
+    [
+        ("bitfit", "bias", False),  # batched pass: no vmap
+        ("bitfit", "conv1", True),  # a direct conv kernel: vmapped, grouped convolution
+        ("ghost", None, False),
+        ("vmap", None, True),
+    ],
+)
+def test_mixes_rows_flag(method, trainable, mixes):
+    import dpjax
+    from dpjax.clip_rules import make_plan
+    from dpjax.engines import get_engine
+
+    model, params, batch = toy_models.make("cnn")
+    pred = {"bias": dpjax.bias_only, "conv1": dpjax.named("conv1", base=dpjax.bias_only)}
+    train, frozen = dpjax.partition(params, pred.get(trainable, dpjax.all_leaves))
+    batch = {**batch, "mask": jnp.ones(6, bool)}
+    engine = get_engine(method)
+    result = engine(toy_models.xent_loss(model), train, frozen, batch, make_plan(train, 1.0))
+    assert result.mixes_rows is mixes

@@ -11,43 +11,22 @@ It returns the clipped sum ``sum_i c_i g_i`` (tree like ``train``, float32 or wi
 whatever the parameter dtype), the per-example
 squared norms per group ``[B, K]`` (float32, before clipping), and the per-example loss.
 Rows outside the mask or with a non-finite gradient must contribute exactly zero.
+
+Modules:
+
+* engines: :mod:`~dpjax.engines.vmap` (the oracle), :mod:`~dpjax.engines.bitfit`,
+  :mod:`~dpjax.engines.ghost`; :mod:`~dpjax.engines.registry` maps names to them;
+* the tap machinery both analytic engines share: :mod:`~dpjax.engines.layers` (the one
+  layer table), :mod:`~dpjax.engines.taps` (interception), :mod:`~dpjax.engines.reads`
+  (parameters read outside their layers), :mod:`~dpjax.engines.tap_plan` (which leaves
+  are tapped, which direct), :mod:`~dpjax.engines.tap_pass` (the one forward/backward);
+* ghost math: :mod:`~dpjax.engines.ghost_layers`, :mod:`~dpjax.engines.ghost_norms`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+from dpjax.engines import bitfit, ghost, vmap  # noqa: F401  (registers the builtin engines)
 from dpjax.engines.base import Engine, EngineResult
+from dpjax.engines.registry import ENGINES, get_engine, register_engine
 
 __all__ = ["ENGINES", "Engine", "EngineResult", "get_engine", "register_engine"]
-
-ENGINES: dict[str, Engine] = {}
-
-
-def register_engine(name: str) -> Callable[[Engine], Engine]:
-    """Decorator registering an engine under ``name`` (the ``method=`` value)."""
-
-    def deco(fn: Engine) -> Engine:
-        ENGINES[name] = fn
-        return fn
-
-    return deco
-
-
-def get_engine(name: str) -> Engine:
-    """The engine registered as ``name``; a clear error for unknown names."""
-    _load_builtin()
-    if name not in ENGINES:
-        raise ValueError(f"unknown method {name!r}; available: {sorted(ENGINES)}")
-    return ENGINES[name]
-
-
-def _load_builtin() -> None:
-    import importlib
-
-    for module in ("vmap", "bitfit", "ghost"):
-        try:
-            importlib.import_module(f"dpjax.engines.{module}")
-        except ModuleNotFoundError as e:  # an engine not written yet
-            if e.name != f"dpjax.engines.{module}":
-                raise

@@ -31,6 +31,24 @@ class EngineResult(NamedTuple):
     mixes_rows: bool = False
 
 
+def check_loss(loss: Any, size: int) -> None:
+    """Raises unless ``loss`` is per-example, shape ``[B] = (size,)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> check_loss(jnp.zeros(3), 3)
+        >>> check_loss(jnp.zeros(()), 1)
+        Traceback (most recent call last):
+        ...
+        ValueError: loss_fn must return per-example losses of shape [B]; on a batch of 1 it returned shape () instead of (1,)
+    """  # noqa: E501
+    if getattr(loss, "shape", None) != (size,):
+        raise ValueError(
+            f"loss_fn must return per-example losses of shape [B]; on a batch of {size} it "
+            f"returned shape {getattr(loss, 'shape', type(loss))} instead of ({size},)"
+        )
+
+
 class Engine(Protocol):
     def __call__(
         self,

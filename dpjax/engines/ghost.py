@@ -16,9 +16,12 @@ Then, per trainable leaf (:mod:`dpjax.engines.ghost_layers`,
 3. the clipped sum with one contraction per call, ``einsum('btd,btp,b->dp', a, g, c)``,
    or one scatter-add into an embedding table (never a one-hot over the vocabulary).
 
-Leaves without a ghost rule (see :mod:`dpjax.engines.ghost_plan`) get exact per-example
-gradients in the same pass: the engine then runs ``vmap`` over examples of ``grad`` with
-respect to (taps, those leaves). Rows outside the mask or with non-finite gradients add
+Leaves without a ghost rule (a ``cls`` token or position embedding added to activations,
+an ``nn.Einsum`` kernel, a leaf used inside ``nn.scan``, a subclass of a known layer, a
+leaf also read outside its layer calls; see :mod:`dpjax.engines.tap_plan`) are *direct*:
+they get exact per-example gradients in the same pass, which then runs ``vmap`` over
+examples of ``grad`` with respect to (taps, those leaves)
+(:mod:`dpjax.engines.tap_pass`). Rows outside the mask or with non-finite gradients add
 exactly zero.
 
 Example:
@@ -37,95 +40,49 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from dpjax.clip_rules import ClipPlan, sum_dtype
 from dpjax.engines import ghost_norms as gn
-from dpjax.engines import register_engine
-from dpjax.engines import taps as taps_lib
-from dpjax.engines.base import EngineResult, vmapped
-from dpjax.engines.ghost_layers import ExplicitPart, FactoredPart, adapter_for
-from dpjax.engines.ghost_plan import GhostPlan, make_ghost_plan
+from dpjax.engines import taps
+from dpjax.engines.base import EngineResult
+from dpjax.engines.ghost_layers import ExplicitPart, FactoredPart
+from dpjax.engines.layers import lookup
+from dpjax.engines.registry import register_engine
+from dpjax.engines.tap_pass import by_leaf, tap_pass
+from dpjax.engines.tap_plan import Rule, Use, plan_taps
 from dpjax.partition import combine, leaf_paths, path_to_str
 
-__all__ = ["ghost_engine"]
+__all__ = ["GHOST", "ghost_engine"]
 
 log = logging.getLogger(__name__)
 
 
-def _check_loss(loss: jax.Array, size: int) -> None:
-    if getattr(loss, "shape", None) != (size,):
-        raise ValueError(
-            f"loss_fn must return per-example losses of shape [B]=({size},), got "
-            f"{getattr(loss, 'shape', type(loss))}"
-        )
+def _covers(call: taps.LayerCall) -> dict[str, None]:
+    """Parameter names the adapter handles for this call (decided by tracing it on shapes)."""
+    entry = lookup(call.module_type)
+    adapter = entry.adapter(call.method) if entry is not None else None
+    if adapter is None or call.extra_args:  # adapters know the single-input signatures
+        return {}
+    names: set[str] = set()
+    ids = call.module_type is nn.Embed and call.method == "__call__"
 
+    def probe(a: jax.Array, g: jax.Array) -> jax.Array:
+        names.update(adapter(call, a, g, dict(call.static_kwargs)))
+        return jnp.zeros(())
 
-def _tap_zeros(gplan: GhostPlan, size: int) -> dict[str, jax.Array]:
-    return {
-        k: jnp.zeros((size,) + c.output_shape[1:], c.output_dtype) for k, c in gplan.calls.items()
-    }
-
-
-def _batched(loss_fn: Any, params: Any, batch: Any, gplan: GhostPlan, size: int):
-    """One forward + one backward of the whole batch: ``(loss, g by key, a by key)``."""
-
-    def total(t: dict[str, jax.Array]) -> tuple[jax.Array, Any]:
-        loss, inputs, kw = taps_lib.tapped_loss(
-            loss_fn, params, batch, t, record_inputs=True, record_kwargs=True
-        )
-        _check_loss(loss, size)
-        return jnp.sum(loss), (loss, inputs, kw)
-
-    g, (loss, a, kw) = jax.grad(total, has_aux=True)(_tap_zeros(gplan, size))
-    return loss, g, a, kw, [], False
-
-
-def _vmapped(loss_fn: Any, train: Any, frozen: Any, batch: Any, gplan: GhostPlan, spmd: Any):
-    """``vmap`` over examples of ``grad`` w.r.t. (taps, fallback leaves): the same pass."""
-    leaves, treedef = jax.tree.flatten(train)
-    fallback = set(gplan.fallback)
-    closed = [None if i in fallback else x for i, x in enumerate(leaves)]
-    rest = combine(jax.tree.unflatten(treedef, closed), frozen)
-    direct = [leaves[i] for i in gplan.fallback]
-
-    def example_loss(t: dict[str, jax.Array], d: list[jax.Array], example: Any):
-        own: list[Any] = [None] * len(leaves)
-        for i, x in zip(gplan.fallback, d, strict=True):
-            own[i] = x
-        params = combine(jax.tree.unflatten(treedef, own), rest)
-        one = jax.tree.map(lambda x: x[None], example)
-        t1 = jax.tree.map(lambda x: x[None], t)
-        loss, inputs, kw = taps_lib.tapped_loss(
-            loss_fn, params, one, t1, record_inputs=True, record_kwargs=True
-        )
-        _check_loss(loss, 1)
-        return loss[0], (loss[0], jax.tree.map(lambda x: x[0], (inputs, kw)))
-
-    fn = jax.vmap(
-        jax.grad(example_loss, argnums=(0, 1), has_aux=True),
-        in_axes=(0, None, 0),
-        spmd_axis_name=spmd,
+    jax.eval_shape(
+        probe,
+        jax.ShapeDtypeStruct(call.input_shape, jnp.int32 if ids else jnp.float32),
+        jax.ShapeDtypeStruct(call.output_shape, jnp.float32),
     )
-    size = batch["mask"].shape[0]
-    ((g, d), (loss, (a, kw))), mixes = vmapped(fn, _tap_zeros(gplan, size), direct, batch)
-    return loss, g, a, kw, d, mixes
+    return dict.fromkeys(names)
 
 
-def _leaf_parts(gplan: GhostPlan, g: dict, a: dict, kw: dict, num_leaves: int) -> list[list[Any]]:
-    """The parts (factored or explicit) of every covered leaf, one per use."""
-    parts: list[list[Any]] = [[] for _ in range(num_leaves)]
-    cache: dict[str, dict[str, Any]] = {}
-    for use in gplan.uses:
-        if use.key not in cache:
-            call = gplan.calls[use.key]
-            kwargs = {**dict(call.static_kwargs), **kw.get(use.key, {})}
-            cache[use.key] = adapter_for(call.module_type, call.method)(
-                call, a[use.key], g[use.key], kwargs
-            )
-        parts[use.leaf].append(cache[use.key][use.name])
-    return parts
+#: The ``ghost`` rule: any parameter the layer's ghost adapter handles for the call.
+GHOST = Rule("ghost", _covers)
 
 
 def _sq_norm(parts: list[Any], name: str) -> jax.Array:
@@ -162,27 +119,30 @@ def ghost_engine(
 
     Args:
       loss_fn, train, frozen, batch, plan, spmd_axis_name: the engine contract
-        (:mod:`dpjax.engines`); ``spmd_axis_name`` is used when fallback leaves need the
+        (:mod:`dpjax.engines`); ``spmd_axis_name`` is used when direct leaves need the
         per-example ``vmap``.
     """
-    params = combine(train, frozen)
     paths = leaf_paths(train)
     leaves, treedef = jax.tree.flatten(train)
-    size = batch["mask"].shape[0]
-    gplan = make_ghost_plan(loss_fn, params, batch, paths)
-    if gplan.fallback:
-        log.info(gplan.describe(paths))
-        loss, g, a, kw, direct, mixes = _vmapped(
-            loss_fn, train, frozen, batch, gplan, spmd_axis_name
-        )
-    else:
-        loss, g, a, kw, direct, mixes = _batched(loss_fn, params, batch, gplan, size)
-    parts = _leaf_parts(gplan, g, a, kw, len(leaves))
-    for i, d in zip(gplan.fallback, direct, strict=True):
-        parts[i] = [ExplicitPart(d)]
-    for i, p in enumerate(parts):
-        if not p:  # cannot happen: every leaf is covered or in the fallback
-            raise ValueError(f"ghost: trainable leaf {path_to_str(paths[i])!r} got no gradient")
+    tplan = plan_taps(loss_fn, combine(train, frozen), batch, paths, GHOST)
+    if tplan.direct:
+        log.info(tplan.describe(paths))
+    shapes = {k: c.output_shape[1:] for k, c in tplan.calls.items()}
+    out = tap_pass(
+        loss_fn, train, frozen, batch, tplan, shapes,
+        vmap=bool(tplan.direct), record=True, spmd_axis_name=spmd_axis_name,
+    )  # fmt: skip
+    adapted: dict[str, dict[str, Any]] = {}
+
+    def from_use(use: Use) -> Any:
+        if use.key not in adapted:
+            call = tplan.calls[use.key]
+            kwargs = {**dict(call.static_kwargs), **out.kwargs.get(use.key, {})}
+            adapter = lookup(call.module_type).adapter(call.method)
+            adapted[use.key] = adapter(call, out.inputs[use.key], out.taps[use.key], kwargs)
+        return adapted[use.key][use.name]
+
+    parts = by_leaf(tplan, out, paths, from_use, ExplicitPart)
     sq = [_sq_norm(p, path_to_str(paths[i])) for i, p in enumerate(parts)]
     sq_norms = plan.group_sq_norms(sq)
     factors, keep = plan.factors(sq_norms, batch["mask"])
@@ -190,4 +150,4 @@ def ghost_engine(
         _clipped(p, plan.leaf_factor(factors, i), keep, leaves[i]) for i, p in enumerate(parts)
     ]
     tree = jax.tree.unflatten(treedef, summed)
-    return EngineResult(tree, sq_norms, loss, keep, mixes_rows=mixes)
+    return EngineResult(tree, sq_norms, out.loss, keep, mixes_rows=out.mixes_rows)

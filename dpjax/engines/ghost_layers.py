@@ -11,8 +11,8 @@ shape as the output) and returns ``{param name: part}`` where a part is either
   small as the parameter (biases, norm scales): ``sum_t g_t`` or ``sum_t xhat_t * g_t``.
 
 A parameter an adapter does not return (a masked conv kernel, a ``DenseGeneral`` with
-``batch_dims``) is left to the engine's exact fallback. Adapters match the module type
-exactly: a subclass may change the math, so its parameters take the fallback too.
+``batch_dims``) is left to the engine's exact path. Which module type and method uses
+which adapter is decided by the one layer table, :mod:`dpjax.engines.layers`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ from flax.linen.linear import canonicalize_padding
 
 from dpjax.engines.ghost_norms import Factored, Layout
 
-__all__ = ["ADAPTERS", "ExplicitPart", "FactoredPart", "adapter_for", "conv_patches"]
+__all__ = [
+    "Adapter", "ExplicitPart", "FactoredPart", "conv", "conv_patches", "dense", "dense_general",
+    "embed_attend", "embed_lookup", "group_norm", "layer_norm",
+]  # fmt: skip
 
 
 class FactoredPart(NamedTuple):
@@ -241,18 +244,7 @@ def _axes(m: Any, ndim: int) -> tuple[int, ...]:
     return (fa,) if isinstance(fa, int) else tuple(fa)
 
 
-ADAPTERS: dict[tuple[type, str], Adapter] = {
-    (nn.Dense, "__call__"): dense,
-    (nn.DenseGeneral, "__call__"): dense_general,
-    (nn.Conv, "__call__"): conv,
-    (nn.Embed, "__call__"): embed_lookup,
-    (nn.Embed, "attend"): embed_attend,
-    (nn.LayerNorm, "__call__"): _norm(_axes),
-    (nn.RMSNorm, "__call__"): _norm(_axes),
-    (nn.GroupNorm, "__call__"): _norm(lambda m, ndim: (ndim - 1,)),
-}
-
-
-def adapter_for(module_type: type, method: str) -> Adapter | None:
-    """The adapter for exactly this module type and method, or ``None``."""
-    return ADAPTERS.get((module_type, method))
+#: ``nn.LayerNorm`` / ``nn.RMSNorm``: ``scale`` and ``bias`` on ``feature_axes``.
+layer_norm = _norm(_axes)
+#: ``nn.GroupNorm``: ``scale`` and ``bias`` on the last axis.
+group_norm = _norm(lambda m, ndim: (ndim - 1,))

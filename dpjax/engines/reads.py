@@ -43,20 +43,15 @@ from dpjax.partition import Path, leaf_paths
 __all__ = ["read_outside"]
 
 
-def _own_params(module: nn.Module) -> dict[str, Any]:
-    variables = module.variables.get("params", {})
-    return {k: v for k, v in variables.items() if not isinstance(v, dict | nn.FrozenDict)}
-
-
 @contextmanager
 def _detaching(candidates: set[int], trace: Any) -> Iterator[None]:
     """Runs recognised top-level layer calls that own a candidate on zero parameters."""
 
     def interceptor(next_fun: Callable[..., Any], args: Any, kwargs: Any, context: Any) -> Any:
         module, method = context.module, context.method_name
-        if method not in taps_lib.registered_methods(type(module)):
+        if not taps_lib.intercepted(module, method):
             return next_fun(*args, **kwargs)
-        own = _own_params(module)
+        own = taps_lib.own_params(module)
         lifted = flax_tracers.current_trace() != trace
         if lifted or not any(id(v) in candidates for v in own.values()):
             return next_fun(*args, **kwargs)

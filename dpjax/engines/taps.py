@@ -1,9 +1,9 @@
 """Taps: intercept the calls of linen layers, add a tap to their outputs, record inputs.
 
 This is the one mechanism behind the ``bitfit`` and ``ghost`` engines. The user's model
-and ``loss_fn`` are untouched: every method call of a *recognised* layer (a registered
-module type and method, see :func:`register_layer`) is intercepted with
-``flax.linen.intercept_methods`` while ``loss_fn`` runs.
+and ``loss_fn`` are untouched: every method call of a *recognised* layer (a module type
+and method of the one layer table, :mod:`dpjax.engines.layers`, matched exactly) is
+intercepted with ``flax.linen.intercept_methods`` while ``loss_fn`` runs.
 
 * :func:`discover` traces ``loss_fn`` once with ``jax.eval_shape`` (no FLOPs) and returns
   one :class:`LayerCall` per call: a stable ``key``, the module's path, type and method,
@@ -53,15 +53,16 @@ import jax
 import numpy as np
 from flax.core import tracers as flax_tracers
 
+from dpjax.engines.layers import lookup, register_layer
 from dpjax.partition import Path, leaf_paths, path_to_str
 
 __all__ = [
     "LayerCall",
     "TapError",
     "discover",
-    "is_registered",
+    "intercepted",
+    "own_params",
     "register_layer",
-    "registered_methods",
     "resolve",
     "tapped_loss",
 ]
@@ -73,46 +74,10 @@ class TapError(ValueError):
     """A tap that cannot be placed (unknown key, lifted call, bad shape, ambiguous path)."""
 
 
-# Module type -> methods whose calls are intercepted. Lookup follows the MRO, so a subclass
-# of a registered layer is recognised (check_engine verifies it still behaves additively).
-_LAYERS: dict[type, tuple[str, ...]] = {
-    nn.Dense: ("__call__",),
-    nn.DenseGeneral: ("__call__",),
-    nn.Conv: ("__call__",),
-    nn.ConvTranspose: ("__call__",),
-    nn.ConvLocal: ("__call__",),
-    nn.Embed: ("__call__", "attend"),
-    nn.LayerNorm: ("__call__",),
-    nn.GroupNorm: ("__call__",),
-    nn.RMSNorm: ("__call__",),
-    nn.Einsum: ("__call__",),
-}
-
-
-def register_layer(module_type: type, methods: tuple[str, ...] = ("__call__",)) -> None:
-    """Makes the calls of ``module_type`` (and subclasses) to ``methods`` discoverable.
-
-    Args:
-      module_type: a ``flax.linen.Module`` subclass whose output the engines may tap.
-      methods: the method names to intercept; each must take the layer input as its first
-        positional argument and return one array.
-    """
-    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
-        raise TypeError(f"register_layer needs a flax.linen.Module subclass, got {module_type!r}")
-    _LAYERS[module_type] = tuple(methods)
-
-
-def registered_methods(module_type: type) -> tuple[str, ...]:
-    """The intercepted methods of ``module_type`` (nearest registered base class), or ``()``."""
-    for base in module_type.__mro__:
-        if base in _LAYERS:
-            return _LAYERS[base]
-    return ()
-
-
-def is_registered(module_type: type) -> bool:
-    """Whether calls of ``module_type`` are discovered."""
-    return bool(registered_methods(module_type))
+def intercepted(module: nn.Module, method: str) -> bool:
+    """Whether calls of ``module.method`` are intercepted (see :mod:`dpjax.engines.layers`)."""
+    entry = lookup(type(module))
+    return entry is not None and method in entry.methods
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +153,8 @@ def _make_key(module_path: tuple[str, ...], method: str, index: int) -> str:
     return f"{'/'.join(module_path)}:{method}:{index}"
 
 
-def _own_params(module: nn.Module) -> dict[str, Any]:
+def own_params(module: nn.Module) -> dict[str, Any]:
+    """The module's own ``params`` variables (not those of its submodules), by name."""
     variables = module.variables.get("params", {})
     return {k: v for k, v in variables.items() if not isinstance(v, Mapping)}
 
@@ -207,7 +173,7 @@ def _interceptor(next_fun: Callable[..., Any], args: Any, kwargs: Any, context: 
     state = _STATE.active[-1]
     module = context.module
     method = context.method_name
-    if method not in registered_methods(type(module)):
+    if not intercepted(module, method):
         return next_fun(*args, **kwargs)
     module_path = tuple(str(p) for p in module.scope.path)
     counts = state["counts"]
@@ -243,7 +209,7 @@ def _interceptor(next_fun: Callable[..., Any], args: Any, kwargs: Any, context: 
         state["inputs"][key] = args[0]
         state["kwargs"][key] = {k: v for k, v in kwargs.items() if _is_array(v)}
     if state["calls"] is not None:
-        own = _own_params(module)
+        own = own_params(module)
         ids = state["ids"]
         state["calls"].append(
             LayerCall(

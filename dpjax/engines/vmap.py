@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from dpjax.clip_rules import ClipPlan, norm_dtype, sum_dtype
-from dpjax.engines import register_engine
-from dpjax.engines.base import EngineResult, vmapped
+from dpjax.engines.base import EngineResult, check_loss, vmapped
+from dpjax.engines.registry import register_engine
 from dpjax.partition import combine
 
 __all__ = ["clip_and_sum", "per_example_grads", "vmap_engine"]
@@ -36,11 +36,7 @@ def _per_example(
     def example_loss(t: Any, example: Any) -> jax.Array:
         one = jax.tree.map(lambda x: x[None], example)
         out = loss_fn(combine(t, frozen), one)
-        if getattr(out, "shape", None) != (1,):
-            raise ValueError(
-                "loss_fn must return per-example losses of shape [B]; on a batch of one "
-                f"it returned shape {getattr(out, 'shape', type(out))} instead of (1,)"
-            )
+        check_loss(out, 1)
         return out[0]
 
     grad_fn = jax.vmap(
