@@ -112,12 +112,11 @@ def measure_config(
     rows, steps = [], {}
     for v in variants:
         step = make_step(v, work, isolate_nonfinite=args.isolate_nonfinite)
-        row = dict(base, variant=v, available=step is not None)
-        if step is not None:
-            steps[v] = step
-            if args.mode in ("compile", "both"):
-                row.update(compile_stats(step, work.params, work.batch))
-                _log(f"  {model} B={batch} T={work.tokens} {v}: {row['compile_s']:.1f}s compile")
+        row = dict(base, variant=v, available=True)
+        steps[v] = step
+        if args.mode in ("compile", "both"):
+            row.update(compile_stats(step, work.params, work.batch))
+            _log(f"  {model} B={batch} T={work.tokens} {v}: {row['compile_s']:.1f}s compile")
         rows.append(row)
     if args.mode in ("time", "both") and steps:
         concrete = make_workload(model, batch, seq_len, args.dtype, concrete=True)
@@ -135,9 +134,6 @@ def budget_search(model: str, seq_len: int, args: argparse.Namespace) -> list[di
         w1 = make_workload(model, 1, seq_len, args.dtype)
         entry = {"model": model, "tokens": w1.tokens, "dtype": args.dtype, "variant": v,
                  "budget_gib": args.budget_gib}  # fmt: skip
-        if make_step(v, w1, isolate_nonfinite=args.isolate_nonfinite) is None:
-            out.append(dict(entry, available=False, max_batch=0))
-            continue
 
         def bytes_at(b: int, v: str = v) -> float:
             w = make_workload(model, b, seq_len, args.dtype)

@@ -4,7 +4,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 import dpjax
 from dpjax.data import losses
@@ -107,7 +106,6 @@ def test_gradients_flow_through_tied_decoder_vmap(x64):
 
 
 def test_bitfit_matches_vmap_on_bias_terms(x64):
-    pytest.importorskip("dpjax.engines.bitfit")
     model, params, batch = _setup()
     loss_fn = _loss_fn(model)
     kw = {"l2_clip": 0.05, "trainable": dpjax.bias_only}

@@ -89,7 +89,6 @@ def test_vmap_clipped_sum_matches_float64_loop(x64, name, head):
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "head"), CASES)
 def test_bitfit_matches_vmap(x64, name, head):
-    pytest.importorskip("dpjax.engines.bitfit")
     loss_fn, params, batch = _case(name, head)
     kw = dict(l2_clip=CLIP, trainable=dpjax.bias_only)
     g_bitfit, i_bitfit = jax.jit(dpjax.clipped_grad(loss_fn, method="bitfit", **kw))(params, batch)

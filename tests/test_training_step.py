@@ -129,7 +129,6 @@ def test_per_example_gradients_stay_sharded(task):
 
 
 def test_engine_is_a_config_choice_ghost_matches_vmap(task):
-    pytest.importorskip("dpjax.engines.ghost")
     runs = {}
     for engine in ("vmap", "ghost"):
         cfg = _config(32, sigma=1.0)
