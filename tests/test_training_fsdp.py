@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
+from trainer_runs import assert_trees_close, run_steps
 
 from dpjax.engines.vmap import per_example_grads
 from dpjax.training import Trainer
@@ -34,14 +35,11 @@ def task():
 
 
 def _run(trainer, steps=2):
-    state = trainer.initial_state()
-    for t in range(steps):
-        state, _ = trainer.logical_step(state, t)
-    return state
+    return run_steps(trainer, steps)
 
 
 def _close(a, b, rtol=1e-5, atol=1e-7):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
+    assert_trees_close(a, b, rtol, atol)
 
 
 def test_fsdp_specs_shard_big_leaves_on_data_and_keep_small_ones_replicated():

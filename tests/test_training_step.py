@@ -5,6 +5,7 @@ import re
 import jax
 import numpy as np
 import pytest
+from trainer_runs import assert_trees_close, run_steps
 
 from dpjax.training import Trainer
 from dpjax.training.optimizer import find_privatize_state
@@ -31,14 +32,11 @@ def task():
 
 
 def _run(trainer, steps):
-    state = trainer.initial_state()
-    for t in range(steps):
-        state, _ = trainer.logical_step(state, t)
-    return state
+    return run_steps(trainer, steps)
 
 
 def _close(a, b, rtol=2e-5, atol=1e-7):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
+    assert_trees_close(a, b, rtol, atol)
 
 
 ONE = jax.devices()[:1]
