@@ -22,13 +22,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 import dpjax
 from dpjax.config_reader import cfg_get
 from dpjax.data import images, offline
-from dpjax.data.losses import classification_loss, multilabel_loss
+from dpjax.tasks.classification import classification_task
 from dpjax.tasks.loading import limit, load_model, maybe_mock_tfds
 from dpjax.training.task import Task
 
@@ -76,26 +75,12 @@ def build(cfg: Any) -> Task:
     def logits(params: Any, batch: Any) -> Any:
         return model.apply({"params": params}, batch["image"])
 
-    def loss(out: Any, labels: Any) -> Any:
-        return multilabel_loss(out, labels) if multi_label else classification_loss(out, labels)
-
-    def loss_fn(params: Any, batch: Any) -> Any:
-        return loss(logits(params, batch), batch["label"])
-
-    def eval_fn(params: Any, batch: Any) -> dict[str, Any]:
-        out = logits(params, batch)
-        if multi_label:  # mean over attributes of the per-attribute accuracy
-            correct = jnp.mean(((out > 0) == (batch["label"] > 0)).astype(jnp.float32), -1)
-        else:
-            correct = (jnp.argmax(out, -1) == batch["label"]).astype(jnp.float32)
-        return {"accuracy": correct, "loss": loss(out, batch["label"])}
-
-    return Task(
+    return classification_task(
+        logits,
         params=params,
-        loss_fn=loss_fn,
-        train_data=train,
-        eval_data={"test": test},
-        eval_fn=eval_fn,
+        train=train,
+        test=test,
+        multi_label=multi_label,
         trainable_extra=dpjax.named("classifier"),
         name=f"{cfg_get(cfg, 'dataset')}-{type(model).__name__}",
     )

@@ -39,9 +39,9 @@ import numpy as np
 import dpjax
 from dpjax.config_reader import cfg_get
 from dpjax.data import glue, offline
-from dpjax.data.losses import classification_loss
 from dpjax.data.text_encoding import TextConfig
 from dpjax.randomness import RunSecrets
+from dpjax.tasks.classification import classification_task
 from dpjax.tasks.feature_mean import private_mean
 from dpjax.tasks.loading import (
     limit,
@@ -165,20 +165,11 @@ def build(cfg: Any, secrets: RunSecrets | None = None) -> Task:
     rng = None if secrets is None else secrets.numpy_rng("task/feature_mean")
     params, logits, extra, prior, vocab = _logits_fn(cfg, tokenizer, train, rng)
 
-    def loss_fn(params: Any, batch: Any) -> Any:
-        return classification_loss(logits(params, batch), batch["label"])
-
-    def eval_fn(params: Any, batch: Any) -> dict[str, Any]:
-        out = logits(params, batch)
-        correct = (jnp.argmax(out, -1) == batch["label"]).astype(jnp.float32)
-        return {"accuracy": correct, "loss": classification_loss(out, batch["label"])}
-
-    return Task(
+    return classification_task(
+        logits,
         params=params,
-        loss_fn=loss_fn,
-        train_data=train,
-        eval_data={"test": test},
-        eval_fn=eval_fn,
+        train=train,
+        test=test,
         trainable_extra=extra,
         prior_privacy=prior,
         vocab_sizes=vocab,

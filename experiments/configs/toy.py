@@ -24,6 +24,7 @@ import numpy as np
 
 import dpjax
 from dpjax.data.arrays import ArrayDataset
+from dpjax.tasks.classification import classification_task
 from dpjax.training.schema import default_config
 from dpjax.training.task import Task
 
@@ -61,21 +62,12 @@ def build_task(cfg: ml_collections.ConfigDict) -> Task:
     def logits(params, batch):
         return model.apply({"params": params}, batch["x"])
 
-    def loss_fn(params, batch):
-        logp = jax.nn.log_softmax(logits(params, batch).astype(jnp.float32))
-        return -jnp.take_along_axis(logp, batch["y"][:, None], axis=1)[:, 0]
-
-    def eval_fn(params, batch):
-        out = logits(params, batch)
-        correct = (jnp.argmax(out, -1) == batch["y"]).astype(jnp.float32)
-        return {"accuracy": correct, "loss": loss_fn(params, batch)}
-
-    return Task(
+    return classification_task(
+        logits,
         params=params,
-        loss_fn=loss_fn,
-        train_data=train,
-        eval_data={"test": test},
-        eval_fn=eval_fn,
+        train=train,
+        test=test,
+        label="y",
         trainable_extra=dpjax.named("head"),
         name="toy",
     )
