@@ -95,8 +95,8 @@ def test_fsdp_training_matches_the_unsharded_run(task, data, model):
     fsdp = Trainer(_config(fsdp=True, data=data, model=model), "/unused", task=task)
     mb = single.sampler.sample(0)[0]
     s1, s8 = single.initial_state(), fsdp.initial_state()
-    g1, st1 = single.phase_fns(0).micro(s1.train, s1.frozen, single.load_batch(*mb))
-    g8, st8 = fsdp.phase_fns(0).micro(s8.train, s8.frozen, fsdp.load_batch(*mb))
+    g1, st1 = single.mechanism(0).jitted.micro_step(s1.train, s1.frozen, single.load_batch(*mb))
+    g8, st8 = fsdp.mechanism(0).jitted.micro_step(s8.train, s8.frozen, fsdp.load_batch(*mb))
     _close(g1, g8)  # same clipped sums before noise
     np.testing.assert_allclose(st1.loss_sum, st8.loss_sum, rtol=1e-5)
     a, b = _run(single), _run(fsdp)
