@@ -24,7 +24,7 @@
 #   when you point `DPJAX_GPT2_CHECKPOINT` at a Hugging Face folder (`config.json`,
 #   `model.safetensors`, `vocab.json` + `merges.txt`);
 # * DP full fine-tuning with ghost clipping (`dpjax.clipped_grad(method="ghost")`) and
-#   DP-Adam, ε calibrated to 8;
+#   DP-Adam, one `dpjax.Mechanism.logical_step` per logical batch, ε calibrated to 8;
 # * decoding with `dpjax.models.greedy_generate` and `dpjax.models.beam_search`.
 #
 # `DPJAX_FAST=1` runs a handful of steps (the test suite does).
@@ -182,7 +182,10 @@ def loss_fn(params, batch):
 #
 # Poisson sampling with expected batch 64, clip 0.1 (paper 2's setting), σ calibrated for
 # ε = 8 at δ = 1/(2n), DP-Adam. The clipped sums come from the ghost engine: one backward
-# pass, no per-example gradients (the vmap engine gives the same numbers).
+# pass, no per-example gradients (the vmap engine gives the same numbers). A
+# `dpjax.Mechanism` binds the clipped gradient, the noise, Adam and the accounting:
+# `mech.logical_step` sums the clipped sums of a draw's micro-batches, adds the noise
+# once, updates, and records the step in the ledger that gives ε.
 
 # %%
 batch_size, physical, clip, target_eps = 64, 32, 0.1, 8.0
@@ -192,21 +195,14 @@ sigma = dpjax.accounting.calibrate_noise_multiplier(
     target_epsilon=target_eps, sampling_rate=batch_size / n, steps=steps, delta=delta
 )
 grad_fn = dpjax.clipped_grad(loss_fn, l2_clip=clip, method="ghost")
-tx = dpjax.optim.dp_adam(
-    optax.linear_schedule(3e-3 if CHECKPOINT else 1e-2, 1e-4, steps),
-    noise_multiplier=sigma, l2_clip=grad_fn.sensitivity, expected_batch_size=batch_size,
-    key=dpjax.secret_key(),
-)  # fmt: skip
 sampler = PoissonSampler(
     n, expected_batch_size=batch_size, physical_batch_size=physical, seed=secrets.randbits(64)
 )
-step_fn = jax.jit(grad_fn)
-
-
-@jax.jit
-def apply(params, opt_state, grads):
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+mech = dpjax.Mechanism(
+    grad_fn, optax.adam(optax.linear_schedule(3e-3 if CHECKPOINT else 1e-2, 1e-4, steps)),
+    noise_multiplier=sigma, expected_batch_size=batch_size, key=dpjax.secret_key(),
+    sampling=sampler.accounting_kwargs(),
+)  # fmt: skip
 
 
 @jax.jit
@@ -214,22 +210,22 @@ def mean_loss(params):
     return jnp.mean(loss_fn(params, {k: jnp.asarray(v) for k, v in data.items()}))
 
 
-opt_state = tx.init(params)
-losses = [float(mean_loss(params))]
-for step in range(steps):
-    total = None
+def micro_batches(step):
+    """Logical step ``step``'s Poisson draw as fixed-shape micro-batches (padding masked)."""
     for idx, mask in sampler.sample(step):
-        batch = {k: v[idx] for k, v in data.items()} | {"mask": mask}
-        g, info = step_fn(params, batch)
-        total = g if total is None else jax.tree.map(jnp.add, total, g)
-    params, opt_state = apply(params, opt_state, total)
+        yield {k: v[idx] for k, v in data.items()} | {"mask": mask}
+
+
+state, ledger = mech.init(params), dpjax.accounting.PrivacyLedger()
+losses = [float(mean_loss(state.params))]
+for step in range(steps):
+    state, _ = mech.logical_step(state, micro_batches(step), ledger=ledger)  # noise once
     if (step + 1) % max(steps // 10, 1) == 0:
-        losses.append(float(mean_loss(params)))
+        losses.append(float(mean_loss(state.params)))
         print(f"step {step + 1:4d}: training loss {losses[-1]:.3f}")
-eps = dpjax.accounting.epsilon(
-    noise_multiplier=sigma, sampling_rate=batch_size / n, steps=steps, delta=delta
-)
-print(f"sigma = {sigma:.3f}, epsilon = {eps:.3f} at delta = {delta:.2e}")
+params = state.params  # the fine-tuned model, decoded below
+eps = ledger.epsilon(delta)
+print(f"sigma = {sigma:.3f}, epsilon = {eps:.3f} at delta = {delta:.2e} ({ledger.steps} steps)")
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 4))

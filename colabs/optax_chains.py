@@ -18,15 +18,22 @@
 #
 # * `dpjax.clipped_grad(loss_fn, l2_clip=C, method=...)` returns the **clipped sum**
 #   `Σ_i c_i g_i` of per-example gradients (`c_i = min(1, C/‖g_i‖)`);
-# * `dpjax.optim.privatize(σ, C, expected_batch_size, key)` is an ordinary Optax
-#   gradient transformation that adds `N(0, σ²C²)` once and divides by the public
-#   expected batch size. It goes at the head of any Optax chain.
+# * `dpjax.optim.privatize(noise_multiplier=σ, l2_clip=C, expected_batch_size=B, key=key)`
+#   is an ordinary Optax gradient transformation that adds `N(0, σ²C²)` once and divides
+#   by the public expected batch size. It goes at the head of any Optax chain.
 #
-# This notebook composes `privatize` with AdamW and a schedule, with `optax.masked` and
-# `optax.multi_transform`, and with gradient accumulation (`dpjax.optim.accumulate`),
-# and checks numerically that the noise is added **once per logical batch**. Last, a
-# loss written by hand gives the same clipped sums under the `vmap`, `bitfit` and
-# `ghost` engines.
+# `dpjax.Mechanism(grad_fn, optimizer, noise_multiplier=σ, ...)` binds the two: its `tx`
+# is `chain(privatize(...), optimizer)` for **any** Optax `optimizer`, and
+# `mech.logical_step(state, micro_batches, ledger=ledger)` sums the clipped sums of a
+# logical batch's micro-batches, adds the noise once, applies one update and records
+# the step in the privacy ledger.
+#
+# This notebook composes `privatize` by hand with AdamW and a schedule, and with
+# `optax.masked` and `optax.multi_transform`; checks that the same chains, given to a
+# `Mechanism` as its `optimizer`, are what it runs; trains with them; and checks
+# numerically that `logical_step` adds the noise **once per logical batch**, for `k`
+# micro-batches as for a Poisson draw's variable number. Last, a loss written by hand
+# gives the same clipped sums under the `vmap`, `bitfit` and `ghost` engines.
 
 # %%
 # Setup: install dpjax from its repository when it is not importable (e.g. on Colab).
@@ -115,54 +122,77 @@ print("parameters:", sum(x.size for x in jax.tree.leaves(params)))
 # %% [markdown]
 # ## 1. `privatize` + AdamW + a warm-up/cosine schedule
 #
-# A Poisson sampler draws each logical batch (expected size 256); every micro-batch of
-# fixed size 128 goes through `grad_fn`, the clipped sums are added, and **one**
-# `tx.update` adds the noise.
+# By hand, `privatize` heads the chain and AdamW follows. A `dpjax.Mechanism` given AdamW
+# as its `optimizer` builds that same chain (`mech.tx`): fed the same clipped sum with the
+# same key, the two give the same updates. Training runs `mech.logical_step`: a Poisson
+# sampler draws each logical batch (expected size 256), every micro-batch of fixed size
+# 128 goes through `grad_fn`, the clipped sums are added, and **one** update adds the
+# noise; the ledger records each step and gives ε.
+
 
 # %%
+def flat(tree):
+    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+
+
 C, sigma, batch_size = 1.0, 1.0, 256
 steps = 8 if FAST else 60
+delta = 1 / (2 * n)
 grad_fn = dpjax.clipped_grad(loss_fn, l2_clip=C)
 schedule = optax.warmup_cosine_decay_schedule(0.0, 3e-3, max(steps // 10, 1), steps)
-tx = optax.chain(
+adamw = optax.adamw(schedule, weight_decay=1e-4)
+key_adamw = dpjax.secret_key()
+tx = optax.chain(  # by hand: the noise first, then any Optax chain
     dpjax.optim.privatize(
         noise_multiplier=sigma,
         l2_clip=grad_fn.sensitivity,
         expected_batch_size=batch_size,
-        key=dpjax.secret_key(),
+        key=key_adamw,
     ),
-    optax.adamw(schedule, weight_decay=1e-4),
+    adamw,
 )
 sampler = PoissonSampler(
     n, expected_batch_size=batch_size, physical_batch_size=128, seed=secrets.randbits(64)
 )
-step_fn = jax.jit(grad_fn)
+mech_adamw = dpjax.Mechanism(  # the same chain: mech_adamw.tx
+    grad_fn, adamw, noise_multiplier=sigma, expected_batch_size=batch_size, key=key_adamw,
+    sampling=sampler.accounting_kwargs(),
+)  # fmt: skip
 
 
-def logical_batch_grads(params, step):
-    """Sum of the clipped sums of one logical batch's micro-batches."""
-    total = None
+def micro_batches(sampler, step):
+    """Logical step ``step``'s Poisson draw as fixed-shape micro-batches (padding masked)."""
     for idx, mask in sampler.sample(step):
-        g, _ = step_fn(params, {"x": data["x"][idx], "y": data["y"][idx], "mask": mask})
-        total = g if total is None else jax.tree.map(jnp.add, total, g)
-    return total
+        yield {"x": data["x"][idx], "y": data["y"][idx], "mask": mask}
 
 
-@jax.jit
-def apply(params, opt_state, grads):
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+def chain_vs_mechanism(tx_by_hand, mech, updates=3):
+    """Largest |difference| between ``updates`` successive updates of a chain written by
+    hand and of ``mech.tx``, on one clipped sum (same key: only the difference is shown)."""
+    grads, _ = jax.jit(grad_fn)(params, next(micro_batches(sampler, 0)))
+    state_a, state_b, worst = tx_by_hand.init(params), mech.tx.init(params), 0.0
+    for _ in range(updates):  # the schedule starts at 0: the first update is 0 in both
+        a, state_a = tx_by_hand.update(grads, state_a, params)
+        b, state_b = mech.tx.update(grads, state_b, params)
+        worst = max(worst, float(np.abs(flat(a) - flat(b)).max()))
+    return worst
 
 
-p, opt_state = params, tx.init(params)
-acc_before = accuracy(p)
-for step in range(steps):
-    p, opt_state = apply(p, opt_state, logical_batch_grads(p, step))
-acc_adamw = accuracy(p)
-eps_adamw = dpjax.accounting.epsilon(
-    noise_multiplier=sigma, sampling_rate=batch_size / n, steps=steps, delta=1 / (2 * n)
-)
-print(f"accuracy {acc_before:.3f} -> {acc_adamw:.3f} after {steps} DP-AdamW steps")
+def train(mech):
+    """``steps`` logical steps of ``mech`` from ``params``: (final state, its ledger)."""
+    state, ledger = mech.init(params), dpjax.accounting.PrivacyLedger()
+    for step in range(steps):
+        state, _ = mech.logical_step(state, micro_batches(sampler, step), ledger=ledger)
+    return state, ledger
+
+
+diff_adamw = chain_vs_mechanism(tx, mech_adamw)
+acc_before = accuracy(params)
+state_adamw, ledger_adamw = train(mech_adamw)
+acc_adamw = accuracy(state_adamw.params)
+eps_adamw = ledger_adamw.epsilon(delta)
+print(f"chain by hand vs mech.tx: largest update difference {diff_adamw}")
+print(f"accuracy {acc_before:.3f} -> {acc_adamw:.3f} after {ledger_adamw.steps} DP-AdamW steps")
 print(f"eps = {eps_adamw:.2f} at delta = 1/(2n)")
 
 # %% [markdown]
@@ -171,7 +201,8 @@ print(f"eps = {eps_adamw:.2f} at delta = 1/(2n)")
 # `privatize` works on the whole gradient tree, so it goes **first**; everything after
 # it sees an already private gradient and may treat leaves differently. Here: weight
 # decay only on kernels (`optax.masked`), and a 10× larger learning rate on the biases
-# (`optax.multi_transform` with labels from `dpjax.bias_only`).
+# (`optax.multi_transform` with labels from `dpjax.bias_only`). The part after
+# `privatize` is, unchanged, the `optimizer` of a `Mechanism`.
 
 
 # %%
@@ -181,37 +212,41 @@ def bias_label(key_path, leaf):  # dpjax predicates take a tuple of string keys
 
 is_bias = jax.tree_util.tree_map_with_path(bias_label, params)
 labels_tree = jax.tree.map(lambda b: "bias" if b else "weight", is_bias)
-tx_multi = optax.chain(
-    dpjax.optim.privatize(
-        noise_multiplier=sigma, l2_clip=C, expected_batch_size=batch_size, key=dpjax.secret_key()
-    ),
+decay_and_rates = optax.chain(
     optax.masked(optax.add_decayed_weights(1e-4), jax.tree.map(lambda b: not b, is_bias)),
     optax.multi_transform({"bias": optax.adam(1e-2), "weight": optax.adam(1e-3)}, labels_tree),
 )
-
-
-@jax.jit
-def apply_multi(params, opt_state, grads):
-    updates, opt_state = tx_multi.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
-
-
-p, state_multi = params, tx_multi.init(params)
-for step in range(steps):
-    p, state_multi = apply_multi(p, state_multi, logical_batch_grads(p, step))
-acc_multi = accuracy(p)
+key_multi = dpjax.secret_key()
+tx_multi = optax.chain(  # by hand
+    dpjax.optim.privatize(
+        noise_multiplier=sigma, l2_clip=C, expected_batch_size=batch_size, key=key_multi
+    ),
+    decay_and_rates,
+)
+mech_multi = dpjax.Mechanism(  # the same chain, as a mechanism
+    grad_fn, decay_and_rates, noise_multiplier=sigma, expected_batch_size=batch_size,
+    key=key_multi, sampling=sampler.accounting_kwargs(),
+)  # fmt: skip
+diff_multi = chain_vs_mechanism(tx_multi, mech_multi)
+state_multi, ledger_multi = train(mech_multi)
+acc_multi = accuracy(state_multi.params)
 print("labels:", labels_tree)
+print(f"chain by hand vs mech.tx: largest update difference {diff_multi}")
 print(f"accuracy after {steps} steps with masked decay + per-group learning rates: {acc_multi:.3f}")
+print(f"eps = {ledger_multi.epsilon(delta):.2f} at delta = 1/(2n)")
 
 # %% [markdown]
-# ## 3. Gradient accumulation: noise once per logical batch
+# ## 3. One logical step, one noise draw
 #
-# A logical batch of `B = 512` examples processed as `k = 4` micro-batches of 128.
-# `dpjax.optim.accumulate(inner, k)` sums `k` successive clipped sums and runs `inner`
-# (noise included) once on the total. With `inner = chain(privatize, sgd(1))` the
-# update is `-(Σ clipped + N(0, σ²C²)) / B`, so the *noise part* of the update —
-# the difference between a run with σ > 0 and the same run with σ = 0 — has standard
-# deviation exactly `σC/B` per coordinate.
+# A logical batch of expected size `B = 512` in micro-batches of 128: first `k = 4` full
+# ones, then as many as a Poisson draw needs (4 or 5 here, the last one padded).
+# `mech.logical_step` sums their clipped sums and runs `mech.tx` (noise included) once
+# on the total. With `optimizer=optax.sgd(1.0)` the update is
+# `-(Σ clipped + N(0, σ²C²)) / B`, so the *noise part* of the update — the difference
+# between a mechanism with σ > 0 and the same mechanism with σ = 0, both stepping from
+# the same parameters on the same micro-batches — has standard deviation exactly `σC/B`
+# per coordinate, whatever the number of micro-batches. The noisy mechanism's `privatize`
+# state counts its noise draws: one per logical step, as many as its ledger's steps.
 #
 # The mistake peers made (jax_privacy #234): noise added per micro-batch (at σ, or at
 # σ/√k and then under-counted by the accountant). At σ per micro-batch the noise std is
@@ -220,39 +255,45 @@ print(f"accuracy after {steps} steps with masked decay + per-group learning rate
 # %%
 k, micro, B = 4, 128, 512
 sigma_acc = 2.0
-logical_steps = 3 if FAST else 10
+per_kind = 2 if FAST else 5  # logical steps of k micro-batches, then of Poisson draws
+poisson = PoissonSampler(
+    n, expected_batch_size=B, physical_batch_size=micro, seed=secrets.randbits(64)
+)
 
 
-def make_tx(noise, seed=3):
-    inner = optax.chain(
-        dpjax.optim.privatize(
-            noise_multiplier=noise, l2_clip=C, expected_batch_size=B, key=dpjax.secret_key()
-        ),
-        optax.sgd(1.0),
-    )
-    return dpjax.optim.accumulate(inner, k)
+def sgd_mechanism(noise):
+    return dpjax.Mechanism(
+        grad_fn, optax.sgd(1.0), noise_multiplier=noise, expected_batch_size=B,
+        key=dpjax.secret_key(), sampling=poisson.accounting_kwargs(),
+    )  # fmt: skip
 
 
-def flat(tree):
-    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
-
-
-tx_noisy, tx_clean = make_tx(sigma_acc), make_tx(0.0)
-update_noisy, update_clean = jax.jit(tx_noisy.update), jax.jit(tx_clean.update)
-s_noisy, s_clean = tx_noisy.init(params), tx_clean.init(params)
-noise_samples, intermediate_max = [], 0.0
-for step in range(logical_steps):
-    for j in range(k):  # k micro-batches of one logical batch
+def k_micro_batches(step):  # k full micro-batches of consecutive rows
+    for j in range(k):
         idx = np.arange(micro) + micro * ((step * k + j) % (n // micro))
-        g, _ = step_fn(params, {"x": data["x"][idx], "y": data["y"][idx]})
-        u_noisy, s_noisy = update_noisy(g, s_noisy, params)
-        u_clean, s_clean = update_clean(g, s_clean, params)
-        if j < k - 1:  # accumulating: no update (and no noise) yet
-            intermediate_max = max(intermediate_max, float(np.abs(flat(u_noisy)).max()))
-    noise_samples.append(flat(u_noisy) - flat(u_clean))
+        yield {"x": data["x"][idx], "y": data["y"][idx], "mask": np.ones(micro, bool)}
+
+
+logical_batches = [list(k_micro_batches(s)) for s in range(per_kind)]
+logical_batches += [list(micro_batches(poisson, s)) for s in range(per_kind)]
+counts = [len(batches) for batches in logical_batches]
+mech_noisy, mech_clean = sgd_mechanism(sigma_acc), sgd_mechanism(0.0)
+noisy, clean = mech_noisy.init(params), mech_clean.init(params)
+ledger_acc = dpjax.accounting.PrivacyLedger()
+noise_samples = []
+for batches in logical_batches:
+    # both step from `params` (fresh copies: logical_step donates the state's buffers)
+    noisy = noisy.replace(train=jax.tree.map(jnp.array, params))
+    clean = clean.replace(train=jax.tree.map(jnp.array, params))
+    noisy, _ = mech_noisy.logical_step(noisy, batches, ledger=ledger_acc)
+    clean, _ = mech_clean.logical_step(clean, batches)  # sigma = 0: nothing to account
+    noise_samples.append(flat(noisy.train) - flat(clean.train))
 noise = np.concatenate(noise_samples)
 expected_std = sigma_acc * C / B
 ratio_accumulated = float(noise.std() / expected_std)
+ratio_k = float(np.concatenate(noise_samples[:per_kind]).std() / expected_std)
+ratio_poisson = float(np.concatenate(noise_samples[per_kind:]).std() / expected_std)
+noise_draws = int(noisy.opt_state[0].count)  # privatize's state: one per noise draw
 
 # The wrong way: privatize every micro-batch at sigma and add the results.
 tx_per_micro = dpjax.optim.privatize(
@@ -261,7 +302,7 @@ tx_per_micro = dpjax.optim.privatize(
 s_pm, update_pm = tx_per_micro.init(params), jax.jit(tx_per_micro.update)
 zeros = jax.tree.map(jnp.zeros_like, params)
 wrong = []
-for _step in range(logical_steps):
+for _step in range(len(logical_batches)):
     total = zeros
     for _ in range(k):
         u, s_pm = update_pm(zeros, s_pm, params)
@@ -269,16 +310,18 @@ for _step in range(logical_steps):
     wrong.append(flat(total))
 ratio_per_micro = float(np.concatenate(wrong).std() / expected_std)
 print(f"{noise.size} noise coordinates; expected std sigma*C/B = {expected_std:.3e}")
-print(f"accumulate(privatize): std / (sigma C / B) = {ratio_accumulated:.4f}  (should be 1)")
+print(f"micro-batches per logical step: {counts}")
+print(f"logical_step:          std / (sigma C / B) = {ratio_accumulated:.4f}  (should be 1;"
+      f" {ratio_k:.4f} with k = {k}, {ratio_poisson:.4f} with Poisson draws)")  # fmt: skip
 print(
-    f"per-micro-batch noise:  std / (sigma C / B) = {ratio_per_micro:.4f}  (sqrt(k) = {k**0.5:.2f})"
+    f"per-micro-batch noise: std / (sigma C / B) = {ratio_per_micro:.4f}  (sqrt(k) = {k**0.5:.2f})"
 )
-print(f"largest intermediate update while accumulating: {intermediate_max}")
+print(f"{sum(counts)} micro-batches, {noise_draws} noise draws, {ledger_acc.steps} ledger steps")
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 4))
 bins = np.linspace(-5 * expected_std * k**0.5, 5 * expected_std * k**0.5, 81)
-ax.hist(noise, bins=bins, density=True, alpha=0.6, label="accumulate(privatize): once per batch")
+ax.hist(noise, bins=bins, density=True, alpha=0.6, label="Mechanism.logical_step: once per batch")
 ax.hist(np.concatenate(wrong), bins=bins, density=True, alpha=0.6, label="noise per micro-batch")
 grid = np.linspace(bins[0], bins[-1], 400)
 ax.plot(grid, np.exp(-0.5 * (grid / expected_std) ** 2) / (expected_std * np.sqrt(2 * np.pi)),
@@ -360,11 +403,17 @@ results = {
     "accuracy_adamw": acc_adamw,
     "accuracy_multi_transform": acc_multi,
     "epsilon_adamw": eps_adamw,
+    "epsilon_multi_transform": ledger_multi.epsilon(delta),
+    "mechanism_tx_vs_chain": max(diff_adamw, diff_multi),
     "noise_ratio_accumulated": ratio_accumulated,
+    "noise_ratio_k_microbatches": ratio_k,
+    "noise_ratio_poisson": ratio_poisson,
     "noise_ratio_per_microbatch": ratio_per_micro,
     "noise_coordinates": int(noise.size),
     "accumulate_k": k,
-    "intermediate_update_max": intermediate_max,
+    "microbatch_counts": counts,
+    "noise_draws": noise_draws,
+    "ledger_steps": ledger_acc.steps,
     "engines": results_engines,
     "plots": ["accumulation_noise.png"],
 }

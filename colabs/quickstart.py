@@ -26,7 +26,7 @@
 # 1. Train with the trainer, `dpjax.training.train`, and the experiment config
 #    (`experiments/configs/quickstart.py` or `glue.py`); print test accuracy and ε.
 # 2. Plot accuracy against ε for DP-BiTFiT and DP full fine-tuning (ghost clipping),
-#    with a short hand-written loop over the same building blocks the trainer uses.
+#    with a short loop over `dpjax.Mechanism.logical_step`, the step the trainer runs.
 #
 # Set `DPJAX_FAST=1` for a tiny run (a subset of the data, a handful of steps); the test
 # suite does. `DPJAX_QUICKSTART=rotten_tomatoes` or `=sst2` forces the task. On two CPU
@@ -169,10 +169,13 @@ print(f"test accuracy = {run['eval']['test/accuracy']:.3f}")
 #
 # ## 2. Accuracy against ε: DP-BiTFiT vs DP full fine-tuning
 #
-# What the trainer does, by hand: a Poisson sampler draws each logical batch, the
-# clipped per-example gradient sum comes from `dpjax.clipped_grad` (engine `bitfit` for
-# the biases (+ head), `ghost` for every parameter), and `dpjax.optim.dp_adam` adds the
-# noise once per logical batch. σ is calibrated for each target ε.
+# What the trainer does, in a few lines: a Poisson sampler draws each logical batch and
+# a `dpjax.Mechanism` binds the clipped per-example gradient sum (`dpjax.clipped_grad`,
+# engine `bitfit` for the biases (+ head), `ghost` for every parameter), the noise, Adam
+# with the config's per-name rate multipliers, and the accounting. `mech.logical_step`
+# sums the clipped sums of the draw's micro-batches, adds the noise once, updates and
+# records the step in a ledger started with the task's prior spend, which gives ε. σ is
+# calibrated for each target ε.
 #
 # Measured with the full settings on two CPU cores (65 min for the whole notebook;
 # `colabs/results/quickstart_cpu/`): DP-BiTFiT 70.7 / 70.8 / 70.5 % at ε = 1 / 3 / 8
@@ -219,40 +222,33 @@ print("privacy spent by the task before training:", prior, "| rate multipliers:"
 sweep = []
 for name, (trainable, engine, lr) in methods.items():
     grad_fn = dpjax.clipped_grad(task.loss_fn, l2_clip=clip, method=engine, trainable=trainable)
-    step_fn = jax.jit(grad_fn)  # compiled once per method, reused for every epsilon
     for target in eps_grid:
         t0 = time.time()
         sigma = dpjax.accounting.calibrate_noise_multiplier(
             target_epsilon=target, sampling_rate=batch_size / n, steps=steps, delta=delta,
             prior=prior,
         )  # fmt: skip
-        train, frozen = dpjax.partition(task.params, trainable)
-        tx = optax.chain(
-            dpjax.optim.dp_adam(
-                optax.linear_schedule(lr, 0.0, steps), noise_multiplier=sigma,
-                l2_clip=grad_fn.sensitivity, expected_batch_size=batch_size,
-                key=dpjax.secret_key(),
-            ),
-            scale_by_name(multipliers),
-        )  # fmt: skip
-        opt_state = tx.init(train)
         sampler = PoissonSampler(
             n,
             expected_batch_size=batch_size,
             physical_batch_size=physical,
             seed=secrets.randbits(64),
         )
-        for step in range(steps):
-            total = None
-            for idx, mask in sampler.sample(step):
-                g, _ = step_fn(dpjax.combine(train, frozen), task.train_data.take(idx, mask))
-                total = g if total is None else jax.tree.map(lambda a, b: a + b, total, g)
-            updates, opt_state = tx.update(total, opt_state, train)
-            train = optax.apply_updates(train, updates)
-        ledger = dpjax.accounting.PrivacyLedger(prior)
-        ledger.record(steps, noise_multiplier=sigma, sampling_rate=batch_size / n)
+        # Adam (DP-Adam once the mechanism puts the noise in front), then the multipliers
+        optimizer = optax.chain(
+            optax.adam(optax.linear_schedule(lr, 0.0, steps)), scale_by_name(multipliers)
+        )
+        mech = dpjax.Mechanism(
+            grad_fn, optimizer, noise_multiplier=sigma, expected_batch_size=batch_size,
+            key=dpjax.secret_key(), sampling=sampler.accounting_kwargs(),
+        )  # fmt: skip
+        state = mech.init(task.params)  # the trainable / frozen split of this method
+        ledger = dpjax.accounting.PrivacyLedger(prior)  # the task's spend, then every step
+        for step in range(steps):  # clipped sums of the draw's micro-batches, noise once
+            batches = (task.train_data.take(idx, mask) for idx, mask in sampler.sample(step))
+            state, _ = mech.logical_step(state, batches, ledger=ledger)
         eps = ledger.epsilon(delta)
-        acc, loss = test_metrics(dpjax.combine(train, frozen))
+        acc, loss = test_metrics(state.params)
         sweep.append({"method": name, "target_epsilon": target, "epsilon": eps,
                       "sigma": sigma, "accuracy": acc, "loss": loss})  # fmt: skip
         print(f"{name:10s} eps {eps:5.2f} (sigma {sigma:.3f}): accuracy {acc:.3f}, loss {loss:.4f} "

@@ -180,13 +180,19 @@ def test_optax_chains_notebook(tmp_path):
     assert abs(r["noise_ratio_accumulated"] - 1.0) < 0.05, r["noise_ratio_accumulated"]
     k = r["accumulate_k"]
     assert abs(r["noise_ratio_per_microbatch"] - math.sqrt(k)) < 0.1 * math.sqrt(k)
-    assert r["intermediate_update_max"] == 0.0  # accumulate emits nothing mid-batch
+    assert abs(r["noise_ratio_poisson"] - 1.0) < 0.05, r["noise_ratio_poisson"]
+    counts = r["microbatch_counts"]  # k micro-batches per logical step, then Poisson draws
+    assert k in counts and all(c >= 1 for c in counts)
+    # Mechanism.logical_step: one noise draw and one ledger step per logical step
+    assert r["noise_draws"] == r["ledger_steps"] == len(counts) < sum(counts)
+    assert r["mechanism_tx_vs_chain"] == 0.0  # mech.tx is chain(privatize, optimizer)
     e = r["engines"]
     for key in ("ghost_vs_vmap_grads", "ghost_vs_vmap_norms", "bitfit_vs_vmap_grads",
                 "bitfit_vs_vmap_norms"):  # fmt: skip
         assert e[key] < 1e-4, (key, e[key])
     assert e["clipped_rows"] > 0 and e["padding_norms"] == 0.0 and e["frozen_leaves_are_none"]
     assert math.isfinite(r["epsilon_adamw"]) and r["epsilon_adamw"] > 0
+    assert r["epsilon_multi_transform"] == r["epsilon_adamw"]  # same sigma, q and steps
     chance = 0.25  # 4 balanced classes
     assert r["accuracy_adamw"] > chance + 0.15 and r["accuracy_adamw"] > r["accuracy_before"]
     assert r["accuracy_multi_transform"] > chance + 0.1
