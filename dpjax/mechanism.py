@@ -48,6 +48,7 @@ from dpjax.clipping import ClippedGrad
 from dpjax.optim import privatize
 from dpjax.partition import combine
 from dpjax.train_state import TrainState, init_state
+from dpjax.validate import check_real
 
 __all__ = ["JittedSteps", "Mechanism", "MicroStats"]
 
@@ -86,12 +87,6 @@ class JittedSteps(NamedTuple):
     apply: Callable[..., Any]
 
 
-def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"Mechanism: {name} must be a number > 0, got {value!r}")
-    return float(value)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: its jitted steps are cached
 class Mechanism:
     """One phase of DP training: clipped gradient, noise, optimizer and accounting event.
@@ -125,14 +120,16 @@ class Mechanism:
             raise TypeError(
                 f"Mechanism: grad_fn must be a dpjax.clipped_grad(...), got {self.grad_fn!r}"
             )
-        _positive("expected_batch_size", self.expected_batch_size)
+        check_real("Mechanism: expected_batch_size", self.expected_batch_size, "(0, inf)")
+        if self.private:
+            check_real("Mechanism: noise_multiplier", self.noise_multiplier, "[0, inf)")
         if self.private and self.key is None:
             raise TypeError(
                 "Mechanism: a private mechanism needs key= (e.g. dpjax.secret_key()); "
                 "dpjax never uses a default noise key"
             )
         if self.loss_clip is not None:
-            _positive("loss_clip", self.loss_clip)
+            check_real("Mechanism: loss_clip", self.loss_clip, "(0, inf)")
         if self.sampling is not None:
             object.__setattr__(self, "sampling", types.MappingProxyType(dict(self.sampling)))
             self.segment()  # validates the sampling rule now, not at the first record

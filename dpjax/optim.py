@@ -26,8 +26,6 @@ silently.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any, NamedTuple
 
 import jax
@@ -36,6 +34,7 @@ import optax
 
 from dpjax.clip_rules import clip_plan, sum_dtype
 from dpjax.engines.vmap import clip_and_sum
+from dpjax.validate import check_real
 
 __all__ = [
     "PrivatizeState",
@@ -69,18 +68,6 @@ def _check_key(key: Any) -> jax.Array:
     if not typed and not (key.dtype == jnp.uint32 and key.shape == (2,)):
         raise TypeError(f"key must be a JAX PRNG key, got dtype {key.dtype} shape {key.shape}")
     return key
-
-
-def _check_number(name: str, value: Any, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    ok = math.isfinite(value) and (value > 0 if positive else value >= 0)
-    if not ok:
-        raise ValueError(
-            f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}"
-        )
-    return value
 
 
 def _split_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -134,9 +121,9 @@ def privatize(
       the noisy update is cast to the dtype of ``params`` when ``update`` is given them
       (as ``optax.chain`` does), and only then.
     """
-    sigma = _check_number("noise_multiplier", noise_multiplier, positive=False)
-    clip = _check_number("l2_clip", l2_clip, positive=True)
-    batch = _check_number("expected_batch_size", expected_batch_size, positive=True)
+    sigma = check_real("noise_multiplier", noise_multiplier, "[0, inf)")
+    clip = check_real("l2_clip", l2_clip, "(0, inf)")
+    batch = check_real("expected_batch_size", expected_batch_size, "(0, inf)")
     key = _check_key(key)
     std, scale = sigma * clip, 1.0 / batch
 
@@ -167,7 +154,7 @@ def dp_aggregate(
     per leaf, adds noise once and divides by ``expected_batch_size``. Examples with a
     non-finite gradient contribute zero.
     """
-    clip = _check_number("l2_clip", l2_clip, positive=True)
+    clip = check_real("l2_clip", l2_clip, "(0, inf)")
     inner = privatize(
         noise_multiplier=noise_multiplier,
         l2_clip=clip,
