@@ -267,7 +267,7 @@ def test_plan_sends_untappable_leaves_direct_and_stays_exact(x64, method):
 )
 def test_mixes_rows_flag(method, trainable, mixes):
     import dpjax
-    from dpjax.clip_rules import make_plan
+    from dpjax.clip_rules import clip_plan
     from dpjax.engines import get_engine
 
     model, params, batch = toy_models.make("cnn")
@@ -275,5 +275,5 @@ def test_mixes_rows_flag(method, trainable, mixes):
     train, frozen = dpjax.partition(params, pred.get(trainable, dpjax.all_leaves))
     batch = {**batch, "mask": jnp.ones(6, bool)}
     engine = get_engine(method)
-    result = engine(toy_models.xent_loss(model), train, frozen, batch, make_plan(train, 1.0))
+    result = engine(toy_models.xent_loss(model), train, frozen, batch, clip_plan(train, 1.0))
     assert result.mixes_rows is mixes
