@@ -11,13 +11,13 @@ from dpjax.training.plan import Phase, RunPlan
 Q, SIGMA, S, DELTA = 0.05, 0.8, 2.0, 1e-5
 
 
-def _plan(loss_sigma=S, total=12, log_every=4):
+def _plan(loss_sigma=S, total=12, log_every=4, accountant="rdp"):
     return RunPlan(
         (Phase("full", 0, total, all_leaves, "vmap", 1e-3),),
         noise_multiplier=SIGMA,
         delta=DELTA,
         sampling={"sampling_rate": Q, "sampling": "poisson", "dataset_size": 1000},
-        accountant="pld",
+        accountant=accountant,
         max_epsilon=None,
         expected_batch_size=50,
         loss_noise_multiplier=loss_sigma,
@@ -45,20 +45,20 @@ def test_curve_values_equal_the_ledger_epsilon_and_dp_accounting():
             assert len(ledger.segments) > 2 or t == 4  # interleaved events
             got = curve.get(ledger)
             assert got == plan.epsilon(ledger)
-            # oracle: dp_accounting's PLD accountant composing the same events in order
-            acc = dp_accounting.pld.PLDAccountant()
+            # oracle: dp_accounting's RDP accountant composing the same events in order
+            acc = dp_accounting.rdp.RdpAccountant()
             for done in range(1, t + 1):
                 s = joint_noise_multiplier(SIGMA, S) if plan.releases_loss(done) else SIGMA
                 acc.compose(
                     dp_accounting.PoissonSampledDpEvent(Q, dp_accounting.GaussianDpEvent(s))
                 )
-            assert got == pytest.approx(acc.get_epsilon(DELTA), rel=2e-3)
+            assert got == pytest.approx(acc.get_epsilon(DELTA), rel=1e-6)
     finally:
         curve.close()
 
 
 def test_a_ledger_off_the_plan_is_computed_exactly():
-    plan = _plan()
+    plan = _plan(accountant="pld")
     curve = EpsilonCurve(plan, [4])
     try:
         off = PrivacyLedger()
