@@ -67,3 +67,14 @@ def test_a_ledger_off_the_plan_is_computed_exactly():
         assert curve.get(off) < curve.get(_ledger(plan, 4))
     finally:
         curve.close()
+
+
+def test_a_log_never_waits_on_the_queue():
+    """Asked at once for the last of many queued steps, the curve answers it directly."""
+    plan = _plan(log_every=1)
+    curve = EpsilonCurve(plan, range(1, 13))
+    try:
+        ledger = _ledger(plan, 12)
+        assert curve.get(ledger) == plan.epsilon(ledger)
+    finally:
+        curve.close()
