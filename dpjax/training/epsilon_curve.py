@@ -72,11 +72,11 @@ class EpsilonCurve:
     def get(self, ledger: Any) -> float | None:
         """Epsilon of ``ledger`` (``None`` in a non-private run); equal to ``plan.epsilon``."""
         future = self._values.pop(ledger.steps, None)
-        if future is not None and self._matches_plan(ledger):
-            # A value the thread has not started (it is behind: many log steps, fast
-            # steps) is computed here instead, so a log never waits on a queue.
-            if future.done() or not future.cancel():
-                return future.result()
+        planned = future is not None and self._matches_plan(ledger)
+        # A value the thread has not started (it is behind: many log steps, fast steps)
+        # is cancelled and computed here instead, so a log never waits on a queue.
+        if planned and (future.done() or not future.cancel()):
+            return future.result()
         return self.plan.epsilon(ledger)
 
     def close(self) -> None:
