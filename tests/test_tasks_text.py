@@ -79,8 +79,12 @@ def test_glue_task_on_mock_data_has_finite_loss(fmt):
     assert loss.shape == (6,) and np.all(np.isfinite(loss))
     # Three MNLI classes: chance-level loss at a random init is near log(3).
     assert abs(float(loss.mean()) - np.log(3)) < 0.5
-    metrics = task.eval_fn(task.params, task.eval_data["test"].take(np.arange(6)))
-    assert set(metrics) == {"accuracy", "loss"}
+    test = task.eval_data["test"].take(np.arange(6))
+    metrics = task.eval_fn(task.params, test)
+    assert set(metrics) == {"accuracy", "loss", *(f"accuracy_class{k}" for k in range(3))}
+    hits, of_k = metrics["accuracy_class1"]  # a ratio metric: hits among class-1 examples
+    np.testing.assert_array_equal(of_k, np.asarray(test["label"]) == 1)
+    np.testing.assert_array_equal(hits, np.asarray(metrics["accuracy"]) * (of_k > 0))
     if fmt == "head":  # the new head is trained with the biases; prompt trains nothing new
         assert task.trainable_extra(("classifier", "out_proj", "kernel"), None)
         assert not task.trainable_extra(("encoder", "layer_0", "attention"), None)

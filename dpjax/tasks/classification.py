@@ -23,7 +23,11 @@ import jax.numpy as jnp
 from dpjax.data.losses import classification_loss, multilabel_loss
 from dpjax.training.task import Task
 
-__all__ = ["classification_task"]
+__all__ = ["MAX_CLASS_METRICS", "classification_task"]
+
+#: Single-label tasks with at most this many classes also report each class's accuracy
+#: (``accuracy_class{k}``: a majority-class collapse shows at a glance).
+MAX_CLASS_METRICS = 20
 
 
 def classification_task(
@@ -47,7 +51,8 @@ def classification_task(
       label: the batch key of the labels (``[B]`` ints, or ``[B, C]`` 0/1 when
         ``multi_label``).
       multi_label: sigmoid cross-entropy summed over labels; accuracy is the mean over
-        labels of the per-label accuracy.
+        labels of the per-label accuracy. Otherwise ``accuracy_class{k}`` is the accuracy
+        among the examples of class ``k`` (up to :data:`MAX_CLASS_METRICS` classes).
       **fields: other :class:`Task` fields (``trainable_extra``, ``prior_privacy``,
         ``vocab_sizes``, ...).
     """
@@ -60,9 +65,13 @@ def classification_task(
         out, y = logits(params, batch), batch[label]
         if multi_label:
             correct = jnp.mean(((out > 0) == (y > 0)).astype(jnp.float32), -1)
-        else:
-            correct = (jnp.argmax(out, -1) == y).astype(jnp.float32)
-        return {"accuracy": correct, "loss": loss(out, y)}
+            return {"accuracy": correct, "loss": loss(out, y)}
+        correct = (jnp.argmax(out, -1) == y).astype(jnp.float32)
+        metrics = {"accuracy": correct, "loss": loss(out, y)}
+        for k in range(out.shape[-1] if out.shape[-1] <= MAX_CLASS_METRICS else 0):
+            of_k = (y == k).astype(jnp.float32)  # accuracy among the examples of class k
+            metrics[f"accuracy_class{k}"] = (correct * of_k, of_k)
+        return metrics
 
     return Task(
         params=params,

@@ -2,7 +2,9 @@
 
 Each split is read in fixed-shape padded batches (every host loads its slice), the jitted
 ``eval_fn`` gives ``{metric: [B]}``, and masked sums are accumulated, so the average is
-exact whatever the padding.
+exact whatever the padding. A metric given as a pair ``(numerator [B], denominator [B])``
+is the ratio of the two sums over the split (e.g. one class's accuracy: hits among the
+examples of that class).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ class Evaluator:
     """Runs ``eval_fn`` over ``datasets`` in padded batches of ``batch_size`` rows.
 
     Args:
-      eval_fn: ``eval_fn(params, batch) -> {name: [B]}``.
+      eval_fn: ``eval_fn(params, batch) -> {name: [B] or ([B], [B])}`` (a pair is a ratio
+        metric: sum of the first over sum of the second).
       datasets: ``{split: Dataset}``.
       batch_size: rows per batch (a multiple of the data-axis size and process count).
       mesh: the device mesh.
@@ -45,7 +48,16 @@ class Evaluator:
         def sums(params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
             out = eval_fn(params, batch)
             mask = batch["mask"].astype(jnp.float32)
-            res = {k: jnp.sum(jnp.asarray(v, jnp.float32) * mask) for k, v in out.items()}
+
+            def total(v: Any) -> jax.Array:
+                return jnp.sum(jnp.asarray(v, jnp.float32) * mask)
+
+            res = {}
+            for k, v in out.items():
+                if isinstance(v, tuple):  # a ratio metric: sum(num) / sum(den)
+                    res[f"{k}\0num"], res[f"{k}\0den"] = total(v[0]), total(v[1])
+                else:
+                    res[k] = total(v)
             res["__count__"] = jnp.sum(mask)
             return res
 
@@ -72,5 +84,11 @@ class Evaluator:
                 for k, v in self._sums(params, batch).items():
                     totals[k] = totals.get(k, 0.0) + float(to_host(v))
             count = max(totals.pop("__count__", 0.0), 1.0)
-            results.update({f"{split}/{k}": v / count for k, v in totals.items()})
+            for k, v in totals.items():
+                name, _, part = k.partition("\0")
+                if part == "num":
+                    den = totals[f"{name}\0den"]
+                    results[f"{split}/{name}"] = v / den if den else float("nan")
+                elif not part:
+                    results[f"{split}/{k}"] = v / count
         return results

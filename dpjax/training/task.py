@@ -66,7 +66,9 @@ class Task:
         rates and for ``delta`` rules.
       eval_data: ``{name: Dataset}`` evaluated on the schedule (may be empty).
       eval_fn: ``eval_fn(params, batch) -> {metric: [B] array}`` per-example metrics
-        (e.g. ``correct``, ``loss``); the trainer averages them over real (mask) rows.
+        (e.g. ``correct``, ``loss``); the trainer averages them over real (mask) rows. A
+        pair ``([B], [B])`` is a ratio metric (e.g. one class's accuracy), see
+        :class:`~dpjax.training.evaluation.Evaluator`.
       generation_eval: optional :data:`GenerationEval` hook.
       trainable_extra: predicate of leaves trained *in addition to biases* by the bias-only
         methods (e.g. a fresh classifier head); ``None`` for none.
