@@ -135,7 +135,8 @@ def test_results_metrics_and_tensorboard(task, tmp_path):
     assert on_disk["steps"] == 4 and on_disk["delta"] == 1 / 2048
     assert on_disk["config"]["privacy"]["noise_multiplier"] == 1.0
     assert on_disk["noise_seed"] == "secret (OS entropy)"
-    assert set(res["eval"]) == {"test/accuracy", "test/loss"}
+    per_class = {f"test/accuracy_class{k}" for k in range(2)}  # the toy task's 2 classes
+    assert set(res["eval"]) == {"test/accuracy", "test/loss", *per_class}
     rows = read_jsonl(str(tmp_path / "metrics.jsonl"))
     train_rows = [r for r in rows if "train/epsilon" in r]
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
