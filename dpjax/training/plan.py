@@ -305,7 +305,7 @@ def make_plan(
             raise ConfigError(
                 f"the task computed a statistic of the training data without noise ({seg}) "
                 "in a private run; give the task's statistic a noise multiplier > 0 "
-                "(e.g. task.center_noise_multiplier)"
+                "(e.g. task.center_noise_multiplier, task.probe_noise_multiplier)"
             )
     delta = _resolve_delta(privacy, sampler.num_examples)
     draft = RunPlan(

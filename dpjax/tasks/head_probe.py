@@ -1,0 +1,147 @@
+"""A differentially private linear probe: the fresh head's start before DP-BiTFiT.
+
+Why: under DP-BiTFiT a fresh head and the biases start together, and clipping equalises
+the examples while the head is still at chance: every example gets the same norm whatever
+its loss, the direction the majority shares wins and the head settles on the majority
+class (issue 15 measured 58.5 % on Rotten Tomatoes, every review predicted "fresh").
+A head that already separates the classes gives the biases per-example gradients that
+point somewhere useful. Training that head alone is cheap: the pooled features of the
+pretrained encoder are computed once (the pass that also gives the private feature mean)
+and the probe is a logistic regression on them, so it can take many DP-SGD steps for
+the price of one forward pass.
+
+The probe is DP-Adam through :class:`dpjax.Mechanism` (per-example clipping, Gaussian
+noise once per logical batch, Poisson sampling), and its steps are returned as a
+:class:`~dpjax.accounting.Segment` for :attr:`dpjax.training.Task.prior_privacy`, so the
+trainer calibrates the fine-tuning noise with the probe counted. At a probe noise
+multiplier of 3 (150 steps at q = 0.2 on Rotten Tomatoes, epsilon 3.4 alone) the
+fine-tuning sigma for epsilon = 8 over 40 steps only moves from 0.574 to 0.601: Gaussian
+mechanisms compose sub-additively.
+
+Example:
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).normal(size=(400, 4)).astype(np.float32)
+    >>> y = (x[:, 0] > 0).astype(np.int32)
+    >>> head, segment = private_probe(x, y, 2, ProbeSettings(noise_multiplier=0.0))
+    >>> float(np.mean((x @ head["kernel"] + head["bias"]).argmax(1) == y)) > 0.9
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dpjax.clipping import clipped_grad
+from dpjax.data.sampling import PoissonSampler
+from dpjax.ledger import Segment
+from dpjax.mechanism import Mechanism
+from dpjax.randomness import secret_key
+from dpjax.validate import check_int, check_real
+
+__all__ = ["ProbeSettings", "private_probe"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSettings:
+    """How the head is probed.
+
+    Attributes:
+      epochs: expected passes over the data (steps = round(epochs * n / batch)).
+      expected_batch_size: the Poisson sampler's expected batch size.
+      lr: DP-Adam's initial rate, decayed linearly to 0.
+      l2_clip: per-example clip norm of the head's gradient.
+      noise_multiplier: sigma of the probe's noise; ``0``: non-private (no clipping, no
+        noise), for non-private baselines only: its segment has sigma 0, which a private
+        trainer refuses (as it does an exact feature mean).
+    """
+
+    epochs: float = 30.0
+    expected_batch_size: int = 2048
+    lr: float = 0.05
+    l2_clip: float = 0.1
+    noise_multiplier: float = 3.0
+
+    def __post_init__(self) -> None:
+        check_real("epochs", self.epochs, "(0, inf)")
+        check_int("expected_batch_size", self.expected_batch_size, 1)
+        check_real("lr", self.lr, "(0, inf)")
+        check_real("l2_clip", self.l2_clip, "(0, inf)")
+        check_real("noise_multiplier", self.noise_multiplier, "[0, inf)")
+
+
+def _loss(head: Any, batch: Any) -> jax.Array:
+    logits = batch["x"] @ head["kernel"] + head["bias"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
+
+
+def private_probe(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    settings: ProbeSettings,
+    *,
+    key: jax.Array | None = None,
+    seed: int | None = None,
+) -> tuple[dict[str, np.ndarray], tuple[Segment, ...]]:
+    """Trains ``softmax(x @ kernel + bias)`` on fixed features with DP-Adam.
+
+    Args:
+      features: ``[n, d]`` per-example features (as the head will see them).
+      labels: ``[n]`` integer classes.
+      num_classes: width of the head.
+      settings: the probe's :class:`ProbeSettings`.
+      key: the noise key (secret); ``None`` draws one from OS entropy.
+      seed: the sampler's seed (secret); ``None`` draws one from OS entropy.
+
+    Returns:
+      ``({"kernel": [d, C], "bias": [C]}, (segment,))``: the head (float32, trained from
+      zeros) and the probe's accounting segment (sigma 0 when non-private).
+
+    Raises:
+      ValueError: features not ``[n, d]`` or not finite, labels of another length or out
+        of ``[0, num_classes)``.
+    """
+    x = np.asarray(features, np.float32)
+    y = np.asarray(labels)
+    if x.ndim != 2 or not np.all(np.isfinite(x)):
+        raise ValueError(f"features must be a finite [n, d] array, got shape {x.shape}")
+    if y.shape != (x.shape[0],) or y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(
+            f"labels must be [{x.shape[0]}] classes in [0, {num_classes}), got shape "
+            f"{y.shape} with range [{y.min()}, {y.max()}]"
+        )
+    n = x.shape[0]
+    s = settings
+    batch = min(s.expected_batch_size, n)
+    steps = max(1, round(s.epochs * n / batch))
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**63))  # OS entropy
+    sampler = PoissonSampler(n, expected_batch_size=batch, physical_batch_size=batch, seed=seed)
+    schedule = optax.linear_schedule(s.lr, 0.0, steps)
+    private = s.noise_multiplier > 0
+    mech = Mechanism(
+        clipped_grad(_loss, l2_clip=s.l2_clip),
+        optax.adam(schedule),
+        noise_multiplier=s.noise_multiplier if private else None,
+        expected_batch_size=batch,
+        key=secret_key() if key is None else key,
+        sampling=sampler.accounting_kwargs() if private else None,
+    )
+    d = x.shape[1]
+    state = mech.init({"kernel": jnp.zeros((d, num_classes)), "bias": jnp.zeros(num_classes)})
+    for step in range(steps):
+        batches = (
+            {"x": x[idx], "y": y[idx].astype(np.int32), "mask": mask}
+            for idx, mask in sampler.sample(step)
+        )
+        state, _ = mech.logical_step(state, batches)
+    head = {k: np.asarray(v, np.float32) for k, v in state.params.items()}
+    rate = sampler.accounting_kwargs()["sampling_rate"]
+    segment = mech.segment(steps) if private else Segment(0.0, rate, steps)
+    return head, (segment,)
