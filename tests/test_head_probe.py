@@ -50,6 +50,7 @@ def test_private_probe_learns_both_classes_and_noise_scale_matters():
     pred = (x @ head["kernel"] + head["bias"]).argmax(1)
     assert _accuracy(head, x, y) > 0.9
     assert min(np.mean(pred[y == k] == k) for k in (0, 1)) > 0.8
+
     # the noise is really added, and its scale shows: same batches (sampling seed), two
     # noise keys; the heads differ, ten times more for ten times sigma, not at sigma 0
     def spread(sigma):
