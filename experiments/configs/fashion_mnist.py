@@ -9,7 +9,7 @@ Target: Tramer & Boneh (2021, "Differentially Private Learning Needs Better Feat
 report about 86 % for an end-to-end DP CNN at epsilon = 3, delta = 1e-5; our goal was
 >= 88 %, NOT reached. Measured (``dp_eps3``: DP-SGD, momentum 0.9, lr 10, clip 0.1,
 Poisson batches of 2048, 20 epochs = 600 steps, sigma 1.409, epsilon 2.989 at delta 1e-5,
-linear decay): 86.21 % median test accuracy over 2 secret seeds (86.20 - 86.22 %),
+linear decay): 86.20 % median test accuracy over 3 secret seeds (86.06 - 86.22 %),
 608 - 899 s wall each.
 
 Tuning (one secret seed each unless noted, same recipe and epsilon; lr x clip is what
@@ -20,7 +20,7 @@ matters once every example is clipped):
     ======  ============================  ========  =========
     1       cnn-fmnist-gn                 77.95 %   779 s
     4       cnn-fmnist-gn                 83.93 %   719 s
-    10      cnn-fmnist-gn (2 seeds)       86.21 %   608-899 s
+    10      cnn-fmnist-gn (3 seeds)       86.20 %   608-899 s
     20      cnn-fmnist-gn                 85.85 %   959 s
     ======  ============================  ========  =========
 
