@@ -67,8 +67,9 @@ def test_variant_loads_and_validates(name, variant):
         stated = (config.privacy.target_epsilon, config.privacy.get("noise_multiplier"))
         assert any(x is not None for x in stated) and config.privacy.delta is not None
     if name != "toy" and not variant.endswith("smoke"):
-        # Real rows never fall back to random weights silently.
-        assert config.task.checkpoint_dir and not config.task.get("model")
+        # Real rows never fall back to random weights silently (from-scratch rows say so).
+        if not getattr(_module(name), "FROM_SCRATCH", False):
+            assert config.task.checkpoint_dir and not config.task.get("model")
         assert not config.task.get("mock_examples")
 
 

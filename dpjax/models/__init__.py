@@ -1,4 +1,4 @@
-"""Model zoo: BERT/RoBERTa, GPT-2, ViT, ResNet (Flax linen) and Hugging Face checkpoints.
+"""Model zoo: BERT/RoBERTa, GPT-2, ViT, ResNet, a small CNN (Flax linen), HF checkpoints.
 
 Example:
     >>> import dpjax.models as M
@@ -11,6 +11,7 @@ Example:
 """
 
 from dpjax.models.bert import BertConfig, BertModel
+from dpjax.models.cnn import CNN, CNNConfig
 from dpjax.models.configs import CONFIGS, config_from_hf, config_to_hf, create_model, get_config
 from dpjax.models.convert import (
     CheckpointMismatchError,
@@ -26,9 +27,11 @@ from dpjax.models.resnet import ResNet, ResNetConfig
 from dpjax.models.vit import ViT, ViTConfig
 
 __all__ = [
+    "CNN",
     "CONFIGS",
     "BertConfig",
     "BertModel",
+    "CNNConfig",
     "CheckpointMismatchError",
     "GPT2Config",
     "GPT2Model",

@@ -2,7 +2,9 @@
 
 Standard sizes: ``bert-base``, ``bert-large``, ``roberta-base``, ``roberta-large``,
 ``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``, ``distilgpt2``,
-``vit-base-patch16-224``, ``vit-large-patch16-224``, ``resnet18``, ``resnet50``.
+``vit-base-patch16-224``, ``vit-large-patch16-224``, ``resnet18``, ``resnet50``; the
+small from-scratch CNNs ``cnn-fmnist`` (Tramer & Boneh's, grey input) and
+``cnn-fmnist-gn`` (GroupNorm after each convolution).
 Tiny sizes for tests: ``bert-tiny``, ``roberta-tiny``, ``gpt2-tiny``, ``vit-tiny``,
 ``resnet-tiny`` (basic blocks), ``resnet-tiny-bottleneck``.
 
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpjax.models.bert import BertConfig, BertModel
+from dpjax.models.cnn import CNN, CNNConfig
 from dpjax.models.gpt2 import GPT2Config, GPT2Model
 from dpjax.models.resnet import ResNet, ResNetConfig
 from dpjax.models.vit import ViT, ViTConfig
@@ -37,7 +40,7 @@ __all__ = [
     "model_type",
 ]
 
-Config = BertConfig | GPT2Config | ViTConfig | ResNetConfig
+Config = BertConfig | GPT2Config | ViTConfig | ResNetConfig | CNNConfig
 
 _ROBERTA = dict(
     vocab_size=50265,
@@ -74,6 +77,8 @@ CONFIGS: dict[str, Config] = {
         hidden_sizes=(64, 128, 256, 512), depths=(2, 2, 2, 2), layer_type="basic"
     ),
     "resnet50": ResNetConfig(),
+    "cnn-fmnist": CNNConfig(),
+    "cnn-fmnist-gn": CNNConfig(num_groups=4),
     # Tiny configurations for tests.
     "bert-tiny": BertConfig(
         vocab_size=128,
@@ -122,6 +127,7 @@ _ARCH: dict[str, tuple[type, type[nn.Module]]] = {
     "gpt2": (GPT2Config, GPT2Model),
     "vit": (ViTConfig, ViT),
     "resnet": (ResNetConfig, ResNet),
+    "cnn": (CNNConfig, CNN),
 }
 
 
@@ -184,4 +190,6 @@ def dummy_inputs(config: Config, batch: int = 1) -> np.ndarray:
         return np.zeros((batch, 8), np.int32)
     if isinstance(config, ViTConfig):
         return np.zeros((batch, config.image_size, config.image_size, config.num_channels))
+    if isinstance(config, CNNConfig):
+        return np.zeros((batch, 28, 28, config.num_channels), np.float32)
     return np.zeros((batch, 32, 32, config.num_channels), np.float32)

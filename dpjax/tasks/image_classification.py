@@ -3,7 +3,8 @@
 ``task.builder = "dpjax.tasks.image_classification:build"``. Data: ``cifar10``,
 ``cifar100``, ``celeb_a`` (TFDS; ``attribute="Smiling"`` etc. for one binary label, or
 ``None`` for all 40 attributes as a multi-label problem) or the offline
-``fashion_mnist`` / ``mnist_5k`` (grey images repeated to RGB). Train on ``train``,
+``fashion_mnist`` / ``mnist_5k`` (grey images repeated to RGB unless ``channels=1``, for
+the from-scratch ``cnn-fmnist`` models). Train on ``train``,
 evaluate on ``test``. ``data_dir`` is TFDS's data folder for the TFDS sets and the dpjax
 data folder for Fashion-MNIST (default ``$DPJAX_DATA_DIR``, else ``~/.cache/dpjax``).
 
@@ -14,8 +15,8 @@ bias-free convolutions zero-initialised biases ("DP-BiTFiT-Add", paper 1's Celeb
 
 Config keys (``task.*``): ``dataset``, ``attribute``, ``checkpoint_dir`` or ``model``
 (+ ``model_overrides``, ``init_seed``, ``dtype``), ``resolution``, ``normalize``,
-``data_dir``, ``cache_dir``, ``split_seed``, ``mock_examples``, ``train_limit``,
-``eval_limit``.
+``channels`` (3, the default, or 1), ``data_dir``, ``cache_dir``, ``split_seed``,
+``mock_examples``, ``train_limit``, ``eval_limit``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def load_splits(cfg: Any) -> tuple[Any, Any]:
     image_config = images.ImageConfig(
         resolution=cfg_get(cfg, "resolution", 224),
         normalize=cfg_get(cfg, "normalize", "minus_one_one"),
-        channels=3,
+        channels=cfg_get(cfg, "channels", 3),
         cache_dir=cfg_get(cfg, "cache_dir"),
     )
     if dataset in TFDS_SETS:
