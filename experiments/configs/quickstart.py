@@ -13,9 +13,9 @@ Tomatoes set (fresh vs rotten; seeded 80/20 split, test = 2,550 snippets). It pr
 accuracy (and per class) and epsilon. Max length 40 WordPiece tokens (~85% of the
 snippets untruncated).
 
-Measured (issue 15, 2-core CPU shared with another job, so each run pinned to one core):
-test accuracy 74.4 % (median of 3 runs, range 73.9-74.7; class 0 / class 1 72.4 / 75.9 in
-the median run), epsilon 8.00, 7 min 44 s per run on one core (7:30-7:52). Why this
+Measured (issue 15): test accuracy 74.55 % (median of 4 runs: 73.9, 74.4, 74.7, 74.8;
+class 0 / class 1 72.4 / 75.9 in a median run), epsilon 8.00; 4 min 07 s end to end on
+two idle CPU cores (7 min 44 s pinned to one core). Why this
 recipe: ``benchmarks/results/bitfit_recipe/NOTES.md`` (without the probe a fresh head
 collapses to the majority class unless the features are centred; with it, 74.5 % for
 the head alone; the bias updates add at most ~0.3 points at epsilon 8 on 10k examples).
