@@ -260,14 +260,10 @@ def run_one(r: dict, seed: int, data: dict, model: Any, params: Any, frozen: int
             idx = rng.choice(n, batch, replace=False)
         else:
             idx = np.flatnonzero(rng.random(n) < q)
-        chunks = []
-        for s in range(0, max(len(idx), 1), micro):
-            ii = idx[s : s + micro]
-            valid = np.zeros(micro, bool)
-            valid[: len(ii)] = True
-            full = np.zeros(micro, np.int64)
-            full[: len(ii)] = ii
-            chunks.append({"h": htr[full], "m": mtr[full], "y": ytr[full], "mask": valid})
+        chunks = (
+            {"h": htr[full], "m": mtr[full], "y": ytr[full], "mask": valid}
+            for full, valid in _padded_chunks(idx, micro)
+        )
         state, _ = mech.logical_step(state, chunks)
     train_time = time.time() - t0
     final = dpjax.combine(state.train, state.frozen)
@@ -281,6 +277,16 @@ def run_one(r: dict, seed: int, data: dict, model: Any, params: Any, frozen: int
     acc = float((pred == yte).mean())
     per = [float((pred[yte == k] == k).mean()) for k in (0, 1)]
     return dict(acc=acc, class0=per[0], class1=per[1], steps=steps, sigma=sigma, train_s=train_time)
+
+
+def _padded_chunks(idx: np.ndarray, size: int) -> Any:
+    """Fixed-size ``(indices, valid)`` micro-batches of a drawn batch (at least one)."""
+    for start in range(0, max(len(idx), 1), size):
+        part = idx[start : start + size]
+        valid = np.arange(size) < len(part)
+        full = np.zeros(size, np.int64)
+        full[: len(part)] = part
+        yield full, valid
 
 
 def probe(
@@ -320,14 +326,9 @@ def probe(
     size = int(r["probe_batch"] * 1.2)
     for _ in range(steps):
         idx = np.flatnonzero(rng.random(n) < q)
-        chunks = []
-        for s in range(0, max(len(idx), 1), size):
-            ii = idx[s : s + size]
-            valid = np.zeros(size, bool)
-            valid[: len(ii)] = True
-            full = np.zeros(size, np.int64)
-            full[: len(ii)] = ii
-            chunks.append({"x": x[full], "y": y[full], "mask": valid})
+        chunks = (
+            {"x": x[full], "y": y[full], "mask": valid} for full, valid in _padded_chunks(idx, size)
+        )
         state, _ = mech.logical_step(state, chunks)
     return dpjax.combine(state.train, state.frozen)
 
