@@ -128,8 +128,8 @@ def test_quickstart_variants_differ_only_in_method():
     assert noise == {"dp_bitfit": 20.0, "dp_full": 20.0, "nonprivate_bitfit": 0.0,
                      "nonprivate_full": 0.0}  # fmt: skip
     probe = {v: (c.task.probe_epochs, c.task.probe_noise_multiplier) for v, c in configs.items()}
-    assert probe == {"dp_bitfit": (30.0, 3.0), "dp_full": (0.0, 3.0),
-                     "nonprivate_bitfit": (30.0, 0.0), "nonprivate_full": (0.0, 0.0)}  # fmt: skip
+    assert probe == {"dp_bitfit": (30.0, 3.0), "dp_full": (0.0, 0.0),
+                     "nonprivate_bitfit": (0.0, 0.0), "nonprivate_full": (0.0, 0.0)}  # fmt: skip
     tasks = set()
     for c in configs.values():
         task = c.task.to_dict()
@@ -139,6 +139,28 @@ def test_quickstart_variants_differ_only_in_method():
     assert len(tasks) == 1  # same data, model and head in every row of the README table
     assert all(c.task.center for c in configs.values())
     assert qs.get_config().method == "dp_bitfit"
+    clip = {v: (c.privacy.clip_fn, c.privacy.l2_clip) for v, c in configs.items()}
+    assert clip["dp_bitfit"] == ("automatic", 1.0) and clip["dp_full"] == ("abadi", 0.1)
+
+
+@pytest.mark.parametrize("dataset", ["sms_spam", "trec"])
+@pytest.mark.parametrize("method", ["dp_bitfit", "dp_full"])
+@pytest.mark.parametrize("eps", [3, 8])
+def test_text_tasks_use_the_main_jobs_recipe(dataset, method, eps):
+    """The real-task rows differ from the main job only in data, length, batch and epsilon."""
+    main = _module("quickstart").get_config(method).to_dict()
+    c = _module("text_tasks").get_config(f"{dataset},{method},eps{eps}")
+    assert (c.task.dataset, c.privacy.target_epsilon, c.privacy.delta) == (dataset, eps, "1/(2n)")
+    assert c.batch_size == 256
+    assert c.task.probe_noise_multiplier == (24.0 / eps if method == "dp_bitfit" else 0.0)
+    row = c.to_dict()
+    for d in (main, row):
+        for key in ("name", "description", "batch_size"):
+            d.pop(key)
+        for key in ("dataset", "max_length", "probe_noise_multiplier"):
+            d["task"].pop(key)
+        d["privacy"].pop("target_epsilon")
+    assert row == main
 
 
 def _check_results(results, config):
