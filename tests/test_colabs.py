@@ -245,11 +245,15 @@ def test_quickstart_notebook(tmp_path):
     for s in r["sweep"]:
         assert 0.95 * s["target_epsilon"] <= s["epsilon"] <= s["target_epsilon"] * 1.0001
         assert 0.0 <= s["accuracy"] <= 1.0
-    # FAST is a dozen steps: too few to beat the majority class, enough to lower the loss.
-    assert r["trainer_loss"] < r["initial_loss"], (r["trainer_loss"], r["initial_loss"])
-    bitfit8 = next(s for s in r["sweep"] if s["method"] == "DP-BiTFiT" and s["target_epsilon"] == 8)
-    assert bitfit8["loss"] < r["initial_loss"], (bitfit8, r["initial_loss"])
+    # The task's DP probe fits the head before any step (test loss is no guide: the noisy
+    # head and the automatic clipping of DP-BiTFiT make it over-confident), so the probed
+    # head beats the majority class, and FAST's dozen DP-BiTFiT steps keep it there.
     assert 0.3 < r["majority_accuracy"] < 0.7
+    margin = r["majority_accuracy"] + 0.05
+    assert r["initial_accuracy"] > margin, (r["initial_accuracy"], r["majority_accuracy"])
+    assert r["trainer_accuracy"] > margin, (r["trainer_accuracy"], r["majority_accuracy"])
+    bitfit8 = next(s for s in r["sweep"] if s["method"] == "DP-BiTFiT" and s["target_epsilon"] == 8)
+    assert bitfit8["accuracy"] > margin, (bitfit8, r["majority_accuracy"])
 
 
 def test_quickstart_notebook_sst2_branch(tmp_path):

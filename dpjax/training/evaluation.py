@@ -4,11 +4,13 @@ Each split is read in fixed-shape padded batches (every host loads its slice), t
 ``eval_fn`` gives ``{metric: [B]}``, and masked sums are accumulated, so the average is
 exact whatever the padding. A metric given as a pair ``(numerator [B], denominator [B])``
 is the ratio of the two sums over the split (e.g. one class's accuracy: hits among the
-examples of that class).
+examples of that class); one whose denominator sums to 0 (a class absent from the split)
+is undefined, so it is left out of the results, and the omission is logged.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,6 +21,8 @@ from jax.sharding import Mesh
 
 from dpjax.data.sampling import host_slice
 from dpjax.training.sharding import global_batch, replicated, to_host
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Evaluator"]
 
@@ -88,7 +92,10 @@ class Evaluator:
                 name, _, part = k.partition("\0")
                 if part == "num":
                     den = totals[f"{name}\0den"]
-                    results[f"{split}/{name}"] = v / den if den else float("nan")
+                    if den:
+                        results[f"{split}/{name}"] = v / den
+                    else:  # e.g. a class absent from the split: undefined, so not reported
+                        log.info("%s/%s: no example in the split's denominator", split, name)
                 elif not part:
                     results[f"{split}/{k}"] = v / count
         return results
