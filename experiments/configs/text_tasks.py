@@ -8,7 +8,7 @@ epochs. Expected batch 256 (the sets are 2-3x smaller than Rotten Tomatoes), del
 1/(2n), DP-Adam, linear decay. Splits: SMS spam has none, so a fixed seeded 80/20 split
 (3,870 / 967 messages, ham 0 / spam 1; 84.9 % of the test messages are ham); TREC-6
 uses the official 5,452 training / 500 test questions (6 coarse classes, majority
-28.8 %).
+27.6 %).
 
 No paper number: neither paper reports these sets. Measured (issue 15; one run each,
 on one CPU core while another run held the second; the README's real-task table):
