@@ -10,8 +10,9 @@ epochs. Expected batch 256 (the sets are 2-3x smaller than Rotten Tomatoes), del
 uses the official 5,452 training / 500 test questions (6 coarse classes, majority
 27.6 %).
 
-No paper number: neither paper reports these sets. Measured (issue 15; one run each unless a range is given,
-on one CPU core while another run held the second; the README's real-task table):
+No paper number: neither paper reports these sets. Measured (issue 15; one run each
+unless a range is given, on one CPU core while another run held the second; the README's
+real-task table):
 
     - ``sms_spam,dp_bitfit,eps8``: 97.8 % [97.5-98.3] (3 runs; spam recall 86-90),
       4 m 36 s - 5 m 06 s
