@@ -95,7 +95,7 @@ class Evaluator:
                     if den:
                         results[f"{split}/{name}"] = v / den
                     else:  # e.g. a class absent from the split: undefined, so not reported
-                        log.info("%s/%s: no example in the split's denominator", split, name)
+                        log.warning("%s/%s not reported: empty in the split", split, name)
                 elif not part:
                     results[f"{split}/{k}"] = v / count
         return results
