@@ -110,6 +110,24 @@ def time_table(rows: Sequence[Row]) -> str:
     return _md(header, body)
 
 
+def lora_table(rows: Sequence[Row]) -> str:
+    """The LoRA variants as ratios to non-private LoRA and to non-private full."""
+    body = []
+    for r in rows:
+        if "lora" not in r["variant"] or not r.get("available", True):
+            continue
+        body.append(
+            [r["model"], r["tokens"], r["batch"], r["variant"],
+             _f(ratio(rows, r, "flops", "nonprivate_lora")),
+             _f(ratio(rows, r, "temp_bytes", "nonprivate_lora")),
+             _f(ratio(rows, r, "temp_bytes")),
+             _f(ratio(rows, r, "median_s", "nonprivate_lora")), _f(ratio(rows, r, "median_s"))]
+        )  # fmt: skip
+    header = ["model", "T", "B", "variant", "x flops np LoRA", "x temp np LoRA",
+              "x temp np full", "x time np LoRA", "x time np full"]  # fmt: skip
+    return _md(header, body)
+
+
 def budget_table(budget: Sequence[Row]) -> str:
     """Largest batch whose XLA footprint fits the memory budget, per variant."""
     body = [
@@ -149,6 +167,14 @@ GOALS = [
      None),
     ("(proxy) DP-BiTFiT flops <= 0.70x non-private full", "dp_bitfit", "flops",
      "nonprivate_full", 0.70, None),
+    ("DP-LoRA (ghost) time <= 1.10x non-private LoRA", "dp_lora_ghost", "median_s",
+     "nonprivate_lora", 1.10, None),
+    ("DP-LoRA (ghost) temp <= 1.05x non-private LoRA", "dp_lora_ghost", "temp_bytes",
+     "nonprivate_lora", 1.05, None),
+    ("DP-LoRA (ghost) time < DP full (ghost)", "dp_lora_ghost", "median_s", "dp_ghost",
+     0.9999, None),
+    ("DP-LoRA (ghost) temp < DP full (ghost)", "dp_lora_ghost", "temp_bytes", "dp_ghost",
+     0.9999, None),
 ]  # fmt: skip
 
 

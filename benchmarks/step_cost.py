@@ -3,7 +3,9 @@
 For each model shape (BERT-base classification, GPT-2 LM, ViT-B/16 classification, from
 :mod:`dpjax.models` with random init) and each ``(B, T)`` it compiles five step variants
 (:mod:`benchmarks.variants`): non-private full, non-private BiTFiT, DP full with the
-``vmap`` and ``ghost`` engines, and DP-BiTFiT; all in one process. It prints markdown
+``vmap`` and ``ghost`` engines, and DP-BiTFiT; all in one process. ``--variants`` also
+takes the LoRA steps (non-private LoRA, DP-LoRA with ``vmap`` / ``ghost``, DP-BiTFiT-LoRA),
+reported as ratios to non-private LoRA with their goals. It prints markdown
 tables of ratios against the non-private full step (and the vmap engine), checks the
 goals of the issues, and writes ``results.json``, ``tables.md`` and ``cost_vs_T.png``
 under ``--out``.
@@ -22,6 +24,9 @@ Examples::
         --mode compile --out benchmarks/results/cpu_compile
     python -m benchmarks.step_cost --models bert-tiny --seq-lens 32 --batch-sizes 8 \\
         --mode time --repeats 5 --out /tmp/toy
+    python -m benchmarks.step_cost --models bert-base,gpt2 --seq-lens 128,512,1024 \\
+        --batch-sizes 8 --variants nonprivate_full,dp_ghost,nonprivate_lora,dp_lora_vmap,\\
+dp_lora_ghost,dp_bitfit_lora --mode compile --out benchmarks/results/lora_compile
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from benchmarks import report
 from benchmarks.flip import flip_table
 from benchmarks.measure import compile_stats, max_batch, time_steps
 from benchmarks.shapes import make_workload, tokens_of
-from benchmarks.variants import VARIANTS, available_methods, make_step
+from benchmarks.variants import LORA_VARIANTS, VARIANTS, available_methods, make_step
 
 __all__ = ["main", "parse_args", "run"]
 
@@ -79,9 +84,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "untaken branch XLA still counts in flops); off by default",
     )
     args = p.parse_args(argv)
-    unknown = sorted(set(args.variants) - set(VARIANTS))
+    known = VARIANTS + LORA_VARIANTS
+    unknown = sorted(set(args.variants) - set(known))
     if unknown:
-        p.error(f"unknown variants {unknown}; known {list(VARIANTS)}")
+        p.error(f"unknown variants {unknown}; known {list(known)}")
     return args
 
 
@@ -200,6 +206,8 @@ def markdown(results: dict[str, Any]) -> str:
         ]
     if any("median_s" in r for r in rows):
         parts += ["## Step time, median of interleaved runs", report.time_table(rows)]
+    if any("lora" in r["variant"] for r in rows):
+        parts += ["## LoRA variants (ratios to non-private LoRA and full)", report.lora_table(rows)]
     if results["budget"]:
         parts += ["## Max batch in the memory budget (XLA temp + args + out)",
                   report.budget_table(results["budget"])]  # fmt: skip

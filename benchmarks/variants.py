@@ -8,7 +8,14 @@ variant has the same argument bytes and differs only in what it computes and kee
 * ``nonprivate_bitfit``: the same w.r.t. the BiTFiT trainable set only (others closed over);
 * ``dp_vmap``: ``dpjax.clipped_grad(method="vmap")``, all leaves;
 * ``dp_ghost``: ``dpjax.clipped_grad(method="ghost")``, all leaves;
-* ``dp_bitfit``: ``dpjax.clipped_grad(method="bitfit")`` on the BiTFiT trainable set.
+* ``dp_bitfit``: ``dpjax.clipped_grad(method="bitfit")`` on the BiTFiT trainable set;
+* ``nonprivate_lora``, ``dp_lora_vmap``, ``dp_lora_ghost``: LoRA adapters
+  (:mod:`dpjax.peft`, rank :data:`LORA_RANK` on the attention queries and values, GPT-2's
+  fused ``c_attn``) trained alone, non-privately or with the ``vmap`` / ``ghost`` engine;
+* ``dp_bitfit_lora``: adapters and every bias under ``ghost`` (BiTFiT-LoRA).
+
+The LoRA variants take the same arguments: the step builds the adapters (``B = 0``)
+inside, from the base params' shapes, and adds them as ``params["lora"]``.
 """
 
 from __future__ import annotations
@@ -21,13 +28,19 @@ import jax
 
 import dpjax
 from benchmarks.shapes import Workload
+from dpjax import peft
 from dpjax.engines import ENGINES
 
-__all__ = ["BASELINE", "VARIANTS", "available_methods", "make_step"]
+__all__ = ["BASELINE", "LORA_VARIANTS", "VARIANTS", "available_methods", "make_step"]
 
 Step = Callable[[Any, Any], Any]
 
 VARIANTS = ("nonprivate_full", "nonprivate_bitfit", "dp_vmap", "dp_ghost", "dp_bitfit")
+LORA_VARIANTS = ("nonprivate_lora", "dp_lora_vmap", "dp_lora_ghost", "dp_bitfit_lora")
+LORA_RANK = 8
+#: The adapted layers of each workload kind (module-path regex, ``dpjax.peft``).
+LORA_TARGETS = {"bert": "(query|value)$", "vit": "(query|value)$", "gpt2": "c_attn$",
+                "mlp": "."}  # fmt: skip
 BASELINE = "nonprivate_full"
 L2_CLIP = 0.1
 
@@ -64,6 +77,8 @@ def make_step(
     runs on finite data, but XLA's ``cost_analysis`` counts both branches (DP flops
     appear doubled) and compile time doubles. Pass ``True`` to measure the guarded step.
     """
+    if variant in LORA_VARIANTS:
+        return _lora_step(variant, work, microbatch_size)
     if variant == "nonprivate_full":
         return _nonprivate(work.loss_fn, dpjax.all_leaves)
     if variant == "nonprivate_bitfit":
@@ -81,3 +96,28 @@ def make_step(
         microbatch_size=microbatch_size,
         **kwargs,
     )
+
+
+def _lora_step(variant: str, work: Workload, microbatch_size: int | None) -> Step:
+    spec = peft.lora(LORA_RANK, targets=LORA_TARGETS[work.kind])
+    adapted = spec.apply(work.loss_fn)
+    if variant == "dp_bitfit_lora":
+        trainable = _either(peft.is_adapter, work.bitfit_trainable)
+    else:
+        trainable = peft.is_adapter
+    if variant == "nonprivate_lora":
+        inner = _nonprivate(adapted, trainable)
+    else:
+        engine = "vmap" if variant == "dp_lora_vmap" else "ghost"
+        inner = dpjax.clipped_grad(adapted, l2_clip=L2_CLIP, method=engine, trainable=trainable,
+                                   microbatch_size=microbatch_size)  # fmt: skip
+
+    def step(params: Any, batch: Any) -> Any:
+        adapters = spec.init(jax.random.key(0), work.loss_fn, params, batch)
+        return inner({**params, peft.KEY: adapters}, batch)
+
+    return step
+
+
+def _either(a: Any, b: Any) -> Any:
+    return lambda path, leaf: bool(a(path, leaf)) or bool(b(path, leaf))

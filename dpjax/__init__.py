@@ -1,8 +1,8 @@
 """dpjax: differentially private fine-tuning of foundation models in JAX/Flax.
 
 Public names only; see README.md for a tour. Submodules ``accounting``, ``audit``,
-``data``, ``models`` and ``training`` load on first use, so ``import dpjax`` stays light (no
-dp_accounting or TensorFlow Datasets import until they are needed).
+``data``, ``models``, ``peft`` and ``training`` load on first use, so ``import dpjax``
+stays light (no dp_accounting or TensorFlow Datasets import until they are needed).
 """
 
 import importlib
@@ -17,7 +17,7 @@ from dpjax.randomness import secret_key
 
 __version__ = "0.1.0"
 
-_LAZY = ("accounting", "audit", "data", "models", "training")
+_LAZY = ("accounting", "audit", "data", "models", "peft", "training")
 
 __all__ = [
     "ClipInfo",
@@ -37,6 +37,7 @@ __all__ = [
     "named",
     "optim",
     "partition",
+    "peft",
     "secret_key",
     "training",
 ]

@@ -26,6 +26,7 @@ __all__ = [
     "CLIP_FNS",
     "DELTA_RULES",
     "ENGINES",
+    "LORA_METHODS",
     "METHODS",
     "OPTIMIZERS",
     "PRIVATE_METHODS",
@@ -44,8 +45,11 @@ __all__ = [
 ]
 
 #: Training methods; the private ones add noise and are accounted.
-METHODS = ("nonprivate_full", "nonprivate_bitfit", "dp_full", "dp_bitfit", "two_phase")
-PRIVATE_METHODS = ("dp_full", "dp_bitfit", "two_phase")
+METHODS = ("nonprivate_full", "nonprivate_bitfit", "nonprivate_lora", "dp_full", "dp_bitfit",
+           "dp_lora", "dp_bitfit_lora", "two_phase")  # fmt: skip
+PRIVATE_METHODS = ("dp_full", "dp_bitfit", "dp_lora", "dp_bitfit_lora", "two_phase")
+#: Methods that train LoRA adapters (``dpjax.peft``; config section ``peft``).
+LORA_METHODS = ("nonprivate_lora", "dp_lora", "dp_bitfit_lora")
 #: Per-example gradient engines of DP full fine-tuning.
 ENGINES = ("vmap", "ghost")
 OPTIMIZERS = ("adam", "sgd")

@@ -74,3 +74,50 @@ def test_corrupt_checkpoint_is_reported(task, finished, tmp_path, target):
                 fh.write(b"\x00garbage")
     with pytest.raises(CheckpointError, match="checkpoints/2"):
         Trainer(_config(), str(workdir), task=task, devices=ONE).run(progress=False)
+
+
+def test_one_phase_runs_store_only_the_trained_leaves(task, finished):
+    """DP-BiTFiT's frozen weights never change: the checkpoint holds the biases and the
+    head (and a digest of the rest), and a resumed run takes the rest from its task."""
+    from dpjax.training.checkpoint import Checkpointer, base_digest
+
+    trainer = Trainer(_config(), str(finished), task=task, devices=ONE)
+    ckpt = Checkpointer(str(finished / "checkpoints"), keep=2, fingerprint="unused")
+    meta = ckpt.read_meta(2)
+    template = trainer.initial_state()
+    trained = {"/".join(p) for p in dpjax_paths(template.train)}
+    assert set(meta["params"]) == trained and len(trained) < len(dpjax_paths(template.params))
+    assert meta["base"] == base_digest(template.frozen)
+    ckpt.close()
+
+
+def test_other_frozen_weights_are_refused(finished, tmp_path):
+    tcfg = toy.get_config().task
+    tcfg.init_seed = 1  # same shapes and config fingerprint, other frozen weights
+    other = toy.build_task(tcfg)
+    with pytest.raises(CheckpointError, match="other frozen weights"):
+        Trainer(_config(), str(_copy(finished, tmp_path)), task=other, devices=ONE).run(
+            progress=False
+        )
+
+
+def test_two_phase_runs_store_every_leaf(task, tmp_path):
+    from dpjax.training.checkpoint import Checkpointer
+
+    c = toy.get_config("two_phase")
+    c.privacy.target_epsilon, c.privacy.noise_multiplier = None, 1.0
+    c.privacy.accountant = "rdp"
+    c.epochs, c.two_phase.full_epochs = 0.125, 0.0625  # 2 steps: one per phase
+    trainer = Trainer(c, str(tmp_path), task=task, devices=ONE)
+    trainer.run(progress=False)
+    ckpt = Checkpointer(str(tmp_path / "checkpoints"), keep=2, fingerprint="unused")
+    meta = ckpt.read_meta(ckpt.latest_step())
+    assert "base" not in meta  # phase 1 trained the weights phase 2 freezes
+    assert len(meta["params"]) == len(dpjax_paths(trainer.state.params))
+    ckpt.close()
+
+
+def dpjax_paths(tree):
+    from dpjax.partition import leaf_paths
+
+    return leaf_paths(tree)

@@ -13,6 +13,7 @@ _SUBMODULES = (
     "generation_metrics",
     "glue",
     "images",
+    "lengths",
     "losses",
     "offline",
     "prompts",

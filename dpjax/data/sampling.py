@@ -41,7 +41,7 @@ import numpy as np
 
 from dpjax.validate import check_int
 
-__all__ = ["MicroBatch", "PoissonSampler", "WithoutReplacementSampler", "host_slice"]
+__all__ = ["MicroBatch", "PoissonSampler", "WithoutReplacementSampler", "host_slice", "split_draw"]
 
 #: Sampler type names of older checkpoints, read as their current name.
 _FORMER_TYPES = {"FixedSizeSampler": "WithoutReplacementSampler"}
@@ -54,7 +54,7 @@ class MicroBatch(NamedTuple):
     mask: np.ndarray
 
 
-def _split(drawn: np.ndarray, physical_batch_size: int) -> list[MicroBatch]:
+def split_draw(drawn: np.ndarray, physical_batch_size: int) -> list[MicroBatch]:
     """Splits a draw into padded micro-batches (at least one, even for an empty draw)."""
     count = max(1, math.ceil(len(drawn) / physical_batch_size))
     indices = np.zeros(count * physical_batch_size, dtype=np.int64)
@@ -84,7 +84,7 @@ class _Sampler:
 
     def sample(self, step: int) -> list[MicroBatch]:
         """The micro-batches of logical step ``step`` (deterministic in (seed, step))."""
-        return _split(self.draw(step), self.physical_batch_size)
+        return split_draw(self.draw(step), self.physical_batch_size)
 
     def drawn_size(self, step: int) -> int:
         """Number of real examples drawn at ``step``."""

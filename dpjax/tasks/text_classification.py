@@ -45,6 +45,7 @@ import tqdm
 import dpjax
 from dpjax.config_reader import cfg_get
 from dpjax.data import glue, offline
+from dpjax.data import lengths as padding
 from dpjax.data.text_encoding import TextConfig
 from dpjax.randomness import RunSecrets
 from dpjax.tasks.classification import classification_task
@@ -60,11 +61,15 @@ from dpjax.tasks.loading import (
 from dpjax.tasks.text_models import MeanPoolClassifier, mask_label_logits
 from dpjax.training.task import Task
 
-__all__ = ["EVAL_SPLITS", "build", "load_splits", "pooled_features"]
+__all__ = ["EVAL_SPLITS", "TOKEN_FIELDS", "build", "load_splits", "pooled_features"]
 
 #: The split each GLUE task is evaluated on (MNLI: matched, as in both papers).
 EVAL_SPLITS = {"sst2": "validation", "qnli": "validation", "qqp": "validation",
                "mnli": "validation_matched"}  # fmt: skip
+
+#: Right-padded token fields of the encoded sets: the encoders mask padding (attention
+#: keys, mean pooling) and count positions from the left, so the trainer may cut them.
+TOKEN_FIELDS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def load_splits(cfg: Any, tokenizer: Any) -> tuple[Any, Any]:
@@ -148,19 +153,18 @@ def pooled_features(
 ) -> Any:
     """The pooled feature ``[n, d]`` of every example of ``data``, in its order.
 
-    Runs the examples sorted by length, each batch cut to its longest row (rounded up to
-    a multiple of 8, so a few shapes compile): the pooled vector ignores padding, so
-    this is the padded result at about two thirds of the cost on short-text sets.
+    Runs the examples sorted by length, each batch cut to its longest row
+    (:mod:`dpjax.data.lengths`): the pooled vector ignores padding, so this is the padded
+    result at about two thirds of the cost on short-text sets.
     """
     ids, mask = data.arrays["input_ids"], data.arrays["attention_mask"]
-    lengths = mask.sum(1)
-    order = np.argsort(lengths, kind="stable")
+    order = np.argsort(padding.row_lengths(mask), kind="stable")
     pool = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, method="features"))
     out = np.zeros((len(data), model.encoder.config.hidden_size), np.float32)
     starts = range(0, len(data), batch_size)
     for start in tqdm.tqdm(starts, desc="pooled features", leave=False):
         rows = order[start : start + batch_size]
-        width = min(ids.shape[1], max(8, -(-int(lengths[rows].max()) // 8) * 8))
+        width = padding.bucket_width(mask, rows)
         out[rows] = np.asarray(pool(params, ids[rows, :width], mask[rows, :width]))
     return out
 
@@ -223,5 +227,6 @@ def build(cfg: Any, secrets: RunSecrets | None = None) -> Task:
         trainable_extra=extra,
         prior_privacy=prior,
         vocab_sizes=vocab,
+        padded_keys=tuple(k for k in TOKEN_FIELDS if k in train.arrays),
         name=f"{cfg_get(cfg, 'dataset')}-{cfg_get(cfg, 'format', 'prompt')}",
     )

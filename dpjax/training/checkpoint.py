@@ -5,9 +5,13 @@ which is written nowhere else.
 
 Layout under ``<workdir>/checkpoints/<step>/``: an orbax ``state`` item holding
 ``{"params", "opt", "step"}`` (typed PRNG keys stored as their raw key data) and a JSON
-``meta`` item. Restoring checks the fingerprint and every array's shape and dtype
-*before* reading arrays, and turns unreadable checkpoints into a :class:`CheckpointError`
-that says which directory and why.
+``meta`` item. A run whose frozen leaves never train (one phase: DP-BiTFiT, DP-LoRA,
+...) saves only its trained leaves (:meth:`Checkpointer.save` with ``base=``; an adapter
+checkpoint is kilobytes to megabytes) and a digest of the frozen ones, which a resumed
+run takes from its task and checks against that digest (:func:`base_digest`). Restoring
+checks the fingerprint and every array's shape and dtype *before* reading arrays, and
+turns unreadable checkpoints into a :class:`CheckpointError` that says which directory
+and why.
 
 Example:
     >>> ckpt = Checkpointer("runs/toy/checkpoints", keep=2, fingerprint="abc")  # doctest: +SKIP
@@ -23,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -30,7 +35,7 @@ from dpjax.partition import leaf_paths, path_to_str
 from dpjax.randomness import RunSecrets
 from dpjax.train_state import TrainState
 
-__all__ = ["CheckpointError", "Checkpointer", "fingerprint"]
+__all__ = ["CheckpointError", "Checkpointer", "base_digest", "fingerprint"]
 
 #: Config keys that may change between a run and its resumption.
 OPERATIONAL_KEYS = (
@@ -39,11 +44,12 @@ OPERATIONAL_KEYS = (
     "log_every",
     "checkpoint_every",
     "keep_checkpoints",
+    "trim_padding",
     "mesh",
     "distributed",
     "description",
 )
-_FORMAT = 1
+_FORMAT = 2  # 2: params stored by leaf index; trained-only checkpoints
 
 
 class CheckpointError(RuntimeError):
@@ -59,6 +65,20 @@ def fingerprint(config: Mapping[str, Any]) -> str:
         trimmed["privacy"] = privacy
     blob = json.dumps(trimmed, sort_keys=True, default=repr)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def base_digest(frozen: Any) -> str:
+    """A digest of the frozen leaves: paths, shapes, dtypes and each leaf's sum and sum of
+    squares (float64, computed where the leaf lives: works for sharded leaves too). It
+    tells base weights apart (a different checkpoint, a different init); it is not a
+    cryptographic commitment to every bit."""
+    h = hashlib.sha256()
+    for path, x in _paths(frozen):
+        x64 = jnp.asarray(x).astype(jnp.float32)
+        stats = np.asarray([float(jnp.sum(x64)), float(jnp.sum(x64 * x64))], np.float64)
+        h.update(json.dumps([path_to_str(path), list(x.shape), str(x.dtype)]).encode())
+        h.update(np.round(stats, 6).tobytes())
+    return h.hexdigest()[:32]
 
 
 def _is_key(x: Any) -> bool:
@@ -92,23 +112,30 @@ class Checkpointer:
         """Step of the newest complete checkpoint, or ``None``."""
         return self._manager.latest_step()
 
-    def save(self, state: TrainState, **meta: Any) -> None:
-        """Saves ``state`` and JSON ``meta`` (phase, ledger, sampler, ...) at its step."""
+    def save(self, state: TrainState, *, base: str | None = None, **meta: Any) -> None:
+        """Saves ``state`` and JSON ``meta`` (phase, ledger, sampler, ...) at its step.
+
+        With ``base`` (the :func:`base_digest` of ``state.frozen``) only the trained
+        leaves are written; :meth:`restore` then takes the frozen ones from its template.
+        """
         step = int(jax.device_get(state.step)) if state.step.is_fully_addressable else None
         if step is None:
             step = int(np.asarray(state.step.addressable_data(0)))
         opt = jax.tree.leaves(state.opt_state)
+        saved = state.params if base is None else state.train
+        if base is not None:
+            meta["base"] = base
         record = {
             "format": _FORMAT,
             "step": step,
             "fingerprint": self.fingerprint,
-            "params": {path_to_str(p): _spec(x) for p, x in _paths(state.params)},
+            "params": {path_to_str(p): _spec(x) for p, x in _paths(saved)},
             "opt": [_spec(x) for x in opt],
             "opt_keys": [i for i, x in enumerate(opt) if _is_key(x)],
             **meta,
         }
         tree = {
-            "params": state.params,
+            "params": _by_name(saved),
             "opt": {
                 f"{i:04d}": jax.random.key_data(x) if _is_key(x) else x for i, x in enumerate(opt)
             },
@@ -129,7 +156,11 @@ class Checkpointer:
                 f"({type(e).__name__}: {e}); remove it or use another workdir"
             ) from e
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-            raise CheckpointError(f"checkpoint {self.directory}/{step} has no valid metadata")
+            got = meta.get("format") if isinstance(meta, dict) else None
+            raise CheckpointError(
+                f"checkpoint {self.directory}/{step} has no valid metadata (format {got!r}, "
+                f"this dpjax writes {_FORMAT}); use another workdir"
+            )
         return meta
 
     def read_secrets(self) -> RunSecrets | None:
@@ -158,9 +189,10 @@ class Checkpointer:
             raise CheckpointError(f"no checkpoint in {self.directory}")
         meta = self.read_meta(step)
         self.check(meta, template)
+        stored = template.params if "base" not in meta else template.train
         opt = jax.tree.leaves(template.opt_state)
         tree = {
-            "params": template.params,
+            "params": _by_name(stored),
             "opt": {
                 f"{i:04d}": jax.random.key_data(x) if _is_key(x) else x for i, x in enumerate(opt)
             },
@@ -185,10 +217,15 @@ class Checkpointer:
             for i, x in enumerate(opt)
         ]
         opt_state = jax.tree.unflatten(jax.tree.structure(template.opt_state), leaves)
+        restored = jax.tree.unflatten(
+            jax.tree.structure(stored), [out["params"][k] for k in _by_name(stored)]
+        )
+        if "base" in meta:  # trained leaves only: the frozen ones are the template's
+            return TrainState(out["step"], restored, template.frozen, opt_state), meta
         is_none = lambda x: x is None  # noqa: E731
         in_train = jax.tree.map(lambda x: x is not None, template.train, is_leaf=is_none)
-        train = jax.tree.map(lambda m, p: p if m else None, in_train, out["params"])
-        frozen = jax.tree.map(lambda m, p: None if m else p, in_train, out["params"])
+        train = jax.tree.map(lambda m, p: p if m else None, in_train, restored)
+        frozen = jax.tree.map(lambda m, p: None if m else p, in_train, restored)
         return TrainState(out["step"], train, frozen, opt_state), meta
 
     def check(self, meta: Mapping[str, Any], template: TrainState) -> None:
@@ -200,7 +237,8 @@ class Checkpointer:
                 f"{meta.get('fingerprint')!r}, this run {self.fingerprint!r}); resuming would "
                 "mix two experiments -- use a fresh workdir"
             )
-        want = {path_to_str(p): _spec(x) for p, x in _paths(template.params)}
+        stored = template.train if "base" in meta else template.params
+        want = {path_to_str(p): _spec(x) for p, x in _paths(stored)}
         have = meta.get("params", {})
         for name in sorted(set(want) | set(have)):
             if want.get(name) != have.get(name):
@@ -208,6 +246,11 @@ class Checkpointer:
                     f"{where}: parameter {name!r} is {have.get(name)} in the checkpoint but "
                     f"{want.get(name)} in this run (shape, dtype)"
                 )
+        if "base" in meta and meta["base"] != base_digest(template.frozen):
+            raise CheckpointError(
+                f"{where} holds trained leaves only, trained on other frozen weights than "
+                "this run's (base digest differs: another base checkpoint or init seed)"
+            )
         opt = [_spec(x) for x in jax.tree.leaves(template.opt_state)]
         if opt != meta.get("opt"):
             raise CheckpointError(
@@ -221,3 +264,9 @@ class Checkpointer:
 
 def _paths(tree: Any) -> list[tuple[tuple[str, ...], Any]]:
     return list(zip(leaf_paths(tree), jax.tree.leaves(tree), strict=True))
+
+
+def _by_name(tree: Any) -> dict[str, Any]:
+    """The leaves of ``tree`` (``None`` leaves skipped) keyed by their index in leaf
+    order, which the metadata's ``params`` list names and checks before a restore."""
+    return {f"{i:05d}": x for i, x in enumerate(jax.tree.leaves(tree))}

@@ -6,12 +6,16 @@ exact whatever the padding. A metric given as a pair ``(numerator [B], denominat
 is the ratio of the two sums over the split (e.g. one class's accuracy: hits among the
 examples of that class); one whose denominator sums to 0 (a class absent from the split)
 is undefined, so it is left out of the results, and the omission is logged.
+
+With ``padded_keys`` (a text task's right-padded token fields), the rows are read longest
+first and each batch is cut to its longest row (:mod:`dpjax.data.lengths`): the same
+per-row metrics at less cost.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -19,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from dpjax.data import lengths as padding
 from dpjax.data.sampling import host_slice
 from dpjax.training.sharding import global_batch, replicated, to_host
 
@@ -36,6 +41,8 @@ class Evaluator:
       datasets: ``{split: Dataset}``.
       batch_size: rows per batch (a multiple of the data-axis size and process count).
       mesh: the device mesh.
+      padded_keys: right-padded token fields to cut to each batch's longest row
+        (``"attention_mask"`` among them; every split then holds ``arrays``).
     """
 
     def __init__(
@@ -44,8 +51,10 @@ class Evaluator:
         datasets: Mapping[str, Any],
         batch_size: int,
         mesh: Mesh,
+        padded_keys: Sequence[str] = (),
     ) -> None:
         self.datasets = dict(datasets)
+        self.padded_keys = tuple(padded_keys)
         self.batch_size = batch_size
         self.mesh = mesh
 
@@ -70,13 +79,22 @@ class Evaluator:
     def _batches(self, data: Any) -> Any:
         n, b = len(data), self.batch_size
         pid, count = jax.process_index(), jax.process_count()
+        order = tokens = None
+        if self.padded_keys:
+            tokens = data.arrays["attention_mask"]
+            order = np.argsort(-padding.row_lengths(tokens), kind="stable")
         for start in range(0, n, b):
-            idx = np.arange(start, start + b, dtype=np.int64)
-            mask = idx < n
-            idx = np.where(mask, idx, 0)
+            pos = np.arange(start, start + b, dtype=np.int64)
+            mask = pos < n
+            idx = np.where(mask, pos, 0)
+            if order is not None:
+                idx = order[idx]
             local_idx, local_mask = host_slice(idx, mask, pid, count)
             local = data.take(local_idx, local_mask)
             local["mask"] = np.asarray(local["mask"], bool) & local_mask
+            if tokens is not None:
+                width = padding.bucket_width(tokens, idx[mask])
+                local = padding.trim(local, self.padded_keys, width)
             yield global_batch(local, self.mesh, b)
 
     def __call__(self, params: Any) -> dict[str, float]:

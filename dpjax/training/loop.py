@@ -32,12 +32,14 @@ import tqdm
 
 from dpjax.accounting import PrivacyLedger
 from dpjax.clipping import clipped_grad
+from dpjax.data import lengths as padding
 from dpjax.data.sampling import host_slice
 from dpjax.mechanism import Mechanism, MicroStats
 from dpjax.randomness import RunSecrets
 from dpjax.train_state import TrainState
 from dpjax.training import release
-from dpjax.training.checkpoint import Checkpointer, CheckpointError, fingerprint
+from dpjax.training.adapters import with_lora
+from dpjax.training.checkpoint import Checkpointer, CheckpointError, base_digest, fingerprint
 from dpjax.training.epsilon_curve import EpsilonCurve
 from dpjax.training.evaluation import Evaluator
 from dpjax.training.metrics import MetricWriter
@@ -55,6 +57,7 @@ from dpjax.training.sharding import (
     to_host,
 )
 from dpjax.training.task import Task, build_task
+from dpjax.validate import LORA_METHODS
 
 __all__ = ["Hook", "Trainer", "train"]
 
@@ -103,6 +106,8 @@ class Trainer:
             directory = os.path.join(self.workdir, "checkpoints")
             self.secrets = run_secrets(directory, fingerprint(self.config), s.privacy.noise_seed)
         self.task = task if task is not None else build_task(config.task, secrets=self.secrets)
+        if s.method in LORA_METHODS:  # adapters on the task's layers (dpjax.peft)
+            self.task = with_lora(self.task, s.peft, seed=s.seed)
         self.mesh = make_mesh(s.mesh, devices)
         self.eval_batch_size = s.eval_batch_size or s.physical_batch_size
         procs = jax.process_count()
@@ -114,6 +119,13 @@ class Trainer:
             s, self.sampler, self.task.trainable_extra, self.task.prior_privacy
         )
         self._mechanism: tuple[int, Mechanism] | None = None
+        self._base_digest: str | None = None
+        #: Real tokens of every training row when micro-batches are cut to their longest
+        #: row (``config.trim_padding`` and a task with ``padded_keys``), else ``None``.
+        self.row_lengths: np.ndarray | None = None
+        if s.trim_padding and self.task.padded_keys:
+            mask = self.task.train_data.arrays["attention_mask"]
+            self.row_lengths = padding.row_lengths(mask)
         self.is_main = jax.process_index() == 0
 
     # ------------------------------------------------------------------ streams
@@ -178,18 +190,31 @@ class Trainer:
     def _place_step(self, state: TrainState, step: int) -> TrainState:
         return state.replace(step=place(np.asarray(step, np.int32), replicated(self.mesh)))
 
-    def load_batch(self, indices: np.ndarray, mask: np.ndarray) -> dict[str, jax.Array]:
-        """This host's slice of a micro-batch, assembled into a global array."""
+    def load_batch(
+        self, indices: np.ndarray, mask: np.ndarray, width: int | None = None
+    ) -> dict[str, jax.Array]:
+        """This host's slice of a micro-batch, assembled into a global array (its padded
+        token fields cut to ``width`` when given, the same on every host)."""
         local_idx, local_mask = host_slice(indices, mask, jax.process_index(), jax.process_count())
         local = dict(self.task.train_data.take(local_idx, local_mask))
         local["mask"] = np.asarray(local["mask"], bool) & local_mask
         self.task.check_token_ids(local, local_idx)
+        if width is not None:
+            local = padding.trim(local, self.task.padded_keys, width)
         return global_batch(local, self.mesh, len(indices))
 
     def micro_batches(self, step: int) -> Iterator[dict[str, jax.Array]]:
-        """The micro-batches of logical step ``step``, loaded as they are consumed."""
-        for mb in self.sampler.sample(step):
-            yield self.load_batch(mb.indices, mb.mask)
+        """The micro-batches of logical step ``step``, loaded as they are consumed (sorted
+        by length and cut to their longest row when :attr:`row_lengths` is set)."""
+        batches = self.sampler.sample(step)
+        if self.row_lengths is None:
+            for mb in batches:
+                yield self.load_batch(mb.indices, mb.mask)
+            return
+        mask = self.task.train_data.arrays["attention_mask"]
+        for mb in padding.sort_by_length(batches, self.row_lengths):
+            width = padding.bucket_width(mask, mb.indices[mb.mask])
+            yield self.load_batch(mb.indices, mb.mask, width)
 
     def logical_step(
         self, state: TrainState, step: int, ledger: PrivacyLedger | None = None
@@ -227,7 +252,13 @@ class Trainer:
         if plan.private and s.privacy.log_private_diagnostics:
             log.warning(release.PRIVATE_DIAGNOSTICS_WARNING)
         evaluator = (
-            Evaluator(self.task.eval_fn, self.task.eval_data, self.eval_batch_size, self.mesh)
+            Evaluator(
+                self.task.eval_fn,
+                self.task.eval_data,
+                self.eval_batch_size,
+                self.mesh,
+                padded_keys=self.task.padded_keys if s.trim_padding else (),
+            )
             if self.task.eval_data
             else None
         )
@@ -328,11 +359,22 @@ class Trainer:
         writer.write(step, {f"eval/{k}": v for k, v in metrics.items()})
         return metrics
 
+    def _base(self, state: TrainState) -> str | None:
+        """The frozen leaves' digest when they never train (one phase): checkpoints then
+        hold the trained leaves only (biases, adapters, a head); else ``None``."""
+        if len(self.plan.phases) > 1:
+            return None
+        if self._base_digest is None:
+            self._base_digest = base_digest(state.frozen)
+        return self._base_digest
+
     def _save(self, ckpt: Checkpointer, state: TrainState, phase: int, ledger: Any) -> None:
         sampler = self.sampler.state_dict()
         sampler["next_step"] = int(to_host(state.step))
         extra = {} if self.secrets is None else {"secrets": self.secrets.to_checkpoint()}
-        ckpt.save(state, phase=phase, ledger=ledger.to_dict(), sampler=sampler, **extra)
+        base = self._base(state)
+        ckpt.save(state, base=base, phase=phase, ledger=ledger.to_dict(), sampler=sampler,
+                  **extra)  # fmt: skip
 
     def _resume_or_init(self, ckpt: Checkpointer) -> tuple[TrainState, PrivacyLedger, int]:
         latest = ckpt.latest_step()

@@ -28,6 +28,7 @@ from dpjax import accounting
 from dpjax.data.sampling import PoissonSampler, WithoutReplacementSampler
 from dpjax.engines import get_engine
 from dpjax.partition import Predicate, all_leaves, bias_only
+from dpjax.peft import is_adapter
 from dpjax.training.settings import ConfigError, PrivacySettings, TrainSettings
 
 __all__ = ["Phase", "RunPlan", "make_plan", "make_sampler"]
@@ -40,7 +41,7 @@ class Phase:
     """A stretch of steps with one trainable set, engine and optimizer.
 
     Attributes:
-      name: ``"full"`` or ``"bitfit"``.
+      name: ``"full"``, ``"bitfit"``, ``"lora"`` or ``"bitfit_lora"``.
       start, stop: global logical steps ``[start, stop)``.
       trainable: predicate on ``(path, leaf)``.
       engine: per-example engine for DP phases; ``None`` for non-private ones.
@@ -61,6 +62,16 @@ class Phase:
     @property
     def steps(self) -> int:
         return self.stop - self.start
+
+
+def _any_of(first: Predicate, extra: Predicate | None) -> Predicate:
+    if extra is None:
+        return first
+
+    def predicate(path: Any, leaf: Any) -> bool:
+        return bool(first(path, leaf)) or bool(extra(path, leaf))
+
+    return predicate
 
 
 def _bias_and(extra: Predicate | None) -> Predicate:
@@ -276,6 +287,15 @@ def make_plan(
         phases = (Phase("full", 0, total, all_leaves, settings.engine, lr),)
     elif method == "dp_bitfit":
         phases = (Phase("bitfit", 0, total, bitfit_set, "bitfit", lr),)
+    elif method in ("dp_lora", "dp_bitfit_lora", "nonprivate_lora"):
+        # The adapters (dpjax.peft, params["lora"]), the task's extra leaves, and for
+        # dp_bitfit_lora every bias too; the config's engine covers them in one pass.
+        lora_set = _any_of(is_adapter, trainable_extra)
+        if method == "dp_bitfit_lora":
+            lora_set = _any_of(lora_set, bias_only)
+        engine = None if method == "nonprivate_lora" else settings.engine
+        phases = (Phase(method.removeprefix("dp_").removeprefix("nonprivate_"), 0, total,
+                        lora_set, engine, lr),)  # fmt: skip
     elif method == "nonprivate_full":
         phases = (Phase("full", 0, total, all_leaves, None, lr),)
     else:

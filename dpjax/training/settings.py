@@ -7,7 +7,8 @@ and what is allowed.
 The config layout (``dpjax.training.schema.default_config()`` builds it from these
 dataclasses; ``experiments/configs/toy.py`` fills one)::
 
-    method            nonprivate_full | nonprivate_bitfit | dp_full | dp_bitfit | two_phase
+    method            nonprivate_full | nonprivate_bitfit | nonprivate_lora | dp_full |
+                      dp_bitfit | dp_lora | dp_bitfit_lora | two_phase
     engine            per-example engine of DP full fine-tuning: vmap | ghost
     seed              int, public: non-private runs' sampler (the task builder has its own
                       seeds). Private runs draw their noise and sampling from OS entropy
@@ -21,8 +22,11 @@ dataclasses; ``experiments/configs/toy.py`` fills one)::
     epochs / steps    training length (steps wins when given)
     optimizer         name (adam|sgd), lr, schedule (constant|linear), warmup_steps, ...
     two_phase         full_epochs, full_lr, full_engine
+    peft              rank, alpha, targets (LoRA of the *_lora methods, dpjax.peft)
     mesh              data, model, fsdp
     eval_every, log_every, checkpoint_every, keep_checkpoints
+    trim_padding      run each micro-batch of a text task at its longest row's width
+                      (dpjax.data.lengths; the same sums, less compute)
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ __all__ = [
     "DistributedSettings",
     "MeshSettings",
     "OptimizerSettings",
+    "PeftSettings",
     "PrivacySettings",
     "TrainSettings",
     "TwoPhaseSettings",
@@ -203,6 +208,21 @@ class TwoPhaseSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class PeftSettings:
+    """LoRA adapters of the ``*_lora`` methods (:func:`dpjax.peft.lora`)."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    targets: str = "(query|value)$"
+
+    def __post_init__(self) -> None:
+        check_int("config.peft.rank", self.rank, 1)
+        check_real("config.peft.alpha", self.alpha, POSITIVE)
+        if not isinstance(self.targets, str) or not self.targets:
+            raise ConfigError(f"config.peft.targets must be a regex string, got {self.targets!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class MeshSettings:
     """Device mesh ``("data", "model")``; ``data=-1`` takes the remaining devices."""
 
@@ -245,15 +265,18 @@ class TrainSettings:
     optimizer: OptimizerSettings = OptimizerSettings()
     privacy: PrivacySettings = PrivacySettings()
     two_phase: TwoPhaseSettings = TwoPhaseSettings()
+    peft: PeftSettings = PeftSettings()
     mesh: MeshSettings = MeshSettings()
     eval_every: int = 0
     eval_batch_size: int | None = None
     log_every: int = 1
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
+    trim_padding: bool = True
 
     def __post_init__(self) -> None:
         check_choice("config.method", self.method, METHODS)
+        check_bool("config.trim_padding", self.trim_padding)
         check_choice("config.engine", self.engine, ENGINES)
         check_int("config.seed", self.seed, 0)
         check_int("config.batch_size", self.batch_size, 1)
@@ -326,6 +349,7 @@ SECTIONS: dict[str, type] = {
     "optimizer": OptimizerSettings,
     "privacy": PrivacySettings,
     "two_phase": TwoPhaseSettings,
+    "peft": PeftSettings,
     "mesh": MeshSettings,
 }
 

@@ -82,6 +82,11 @@ class Task:
         ``V`` rows; every training batch is checked on the host (an id outside
         ``[0, V)`` is an error naming it, instead of a row the forward pass wraps or
         turns into ``nan``).
+      padded_keys: fields of ``train_data`` whose axis 1 is a right-padded token axis,
+        ``"attention_mask"`` among them (it marks the real tokens). The trainer then runs
+        each micro-batch at the width of its longest row (:mod:`dpjax.data.lengths`);
+        declare them only for a model whose real rows ignore padding. ``train_data``
+        must then hold its arrays (``train_data.arrays``).
       name: a short name for logs.
     """
 
@@ -94,10 +99,21 @@ class Task:
     trainable_extra: Predicate | None = None
     prior_privacy: tuple[Segment, ...] = ()
     vocab_sizes: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    padded_keys: tuple[str, ...] = ()
     name: str = "task"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prior_privacy", tuple(self.prior_privacy))
+        object.__setattr__(self, "padded_keys", tuple(self.padded_keys))
+        if self.padded_keys:
+            arrays = getattr(self.train_data, "arrays", None)
+            if "attention_mask" not in self.padded_keys:
+                raise ValueError(
+                    f"Task.padded_keys {self.padded_keys} must include 'attention_mask'"
+                )
+            missing = [k for k in self.padded_keys if arrays is None or k not in arrays]
+            if missing:
+                raise ValueError(f"Task.padded_keys {missing} are not arrays of train_data")
         for seg in self.prior_privacy:
             if not isinstance(seg, Segment):
                 raise TypeError(

