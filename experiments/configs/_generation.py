@@ -8,8 +8,13 @@ from ml_collections.config_dict import placeholder
 from experiments.configs._base import base_config, parse_arg, set_epsilon, smoke_run, task_config
 
 MODELS = ("gpt2", "gpt2-medium", "gpt2-large")
-METHODS = ("dp_full", "dp_bitfit", "nonprivate_full", "nonprivate_bitfit")
+METHODS = ("dp_full", "dp_bitfit", "nonprivate_full", "nonprivate_bitfit", "dp_lora",
+           "dp_bitfit_lora", "nonprivate_lora")  # fmt: skip
+#: The DP-LoRA rows: rank 4 on GPT-2's fused attention projection ``c_attn``.
+LORA_RANK, LORA_TARGETS = 4, "c_attn$"
 EPSILONS = ("eps3", "eps8")
+#: The variants every table-to-text config lists (plus its own smoke variants).
+LORA_VARIANTS = tuple(f"{m},dp_lora,{e}" for m in MODELS for e in EPSILONS)
 #: GPT-2's BPE ranks, installed offline with openai-whisper (smoke runs).
 GPT2_RANKS = "pkg:whisper/assets/gpt2.tiktoken"
 
@@ -47,8 +52,10 @@ def table2text_config(
     c.eval_batch_size = 64
     c.epochs = epochs
     c.log_every = 10
-    if method.endswith("full"):
+    if method.endswith("full") or method.endswith("_lora") and "bitfit" not in method:
         c.optimizer.lr = full_lr
+    if "lora" in method:
+        c.peft.rank, c.peft.alpha, c.peft.targets = LORA_RANK, float(2 * LORA_RANK), LORA_TARGETS
     set_epsilon(c, eps, delta=delta)
     if smoke:
         smoke_run(c, "gpt2-tiny", tokenizer=GPT2_RANKS, max_length=24, max_prompt_length=16)

@@ -32,20 +32,40 @@ number recorded in PAPERS.md):
     - ``gpt2-large,dp_full,eps8``: -
     - ``gpt2-large,dp_bitfit,eps3``: -
     - ``gpt2-large,dp_bitfit,eps8``: 65.2 (paper 1, via secondary sources)
+    - ``gpt2,dp_lora,eps3``: -
+    - ``gpt2,dp_lora,eps8``: -
+    - ``gpt2-medium,dp_lora,eps3``: -
+    - ``gpt2-medium,dp_lora,eps8``: -
+    - ``gpt2-large,dp_lora,eps3``: -
+    - ``gpt2-large,dp_lora,eps8``: -
     - ``smoke``: 2 DP full (ghost) steps, random gpt2-tiny, mock data, greedy BLEU on 4
       tables (no target)
     - ``dp_bitfit,smoke``: the same with DP-BiTFiT
+    - ``dp_lora,smoke``: the same with DP-LoRA (the generation hook decodes with the
+      adapters merged)
+
+DP-LoRA rows (``dp_lora``; also ``dp_bitfit_lora``, ``nonprivate_lora``): LoRA rank 4,
+alpha 8 on the fused attention projection ``c_attn`` (``dpjax.peft``) at the DP full
+rows' rate, otherwise the setting above; no number measured or recorded yet.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs._generation import EPSILONS, METHODS, MODELS, table2text_config
+from experiments.configs._generation import (
+    EPSILONS,
+    LORA_VARIANTS,
+    METHODS,
+    MODELS,
+    table2text_config,
+)
 
 VARIANTS = tuple(f"{m},{meth},{e}" for m in MODELS for meth in METHODS[:2] for e in EPSILONS) + (
+    *LORA_VARIANTS,
     "smoke",
     "dp_bitfit,smoke",
+    "dp_lora,smoke",
 )
 
 
