@@ -185,3 +185,32 @@ def test_peft_settings_are_checked_by_name():
     c.method, c.peft.rank = "dp_lora", 0
     with pytest.raises(ConfigError, match="config.peft.rank"):
         TrainSettings.from_config(c)
+
+
+# ---------------------------------------------------------------- privacy invariants
+@pytest.mark.parametrize("method", ["vmap", "ghost", "bitfit"])
+def test_lora_sensitivity_replay_on_a_bf16_model(method):
+    """bf16 model, float32 adapters, 64 aligned examples: adding, masking or removing one
+    (and a huge or NaN canary) moves the clipped sum by at most C (1 + 1e-6)."""
+    import toy_models
+
+    from dpjax import audit
+    from dpjax.audit import planted
+
+    model, params, batch = toy_models.make("mlp", batch_size=64, dtype=jnp.bfloat16)
+    batch = {**batch, "x": jnp.abs(batch["x"]) + 3.0, "y": jnp.zeros(64, jnp.int32)}
+    loss_fn = toy_models.xent_loss(model)
+    spec = peft.lora(rank=2, targets=".")
+    adapters = spec.init(jax.random.key(0), loss_fn, params, batch)
+    adapters = jax.tree.map(lambda x: x + 0.1, adapters)  # B != 0: A gets gradient too
+    full = {**params, peft.KEY: adapters}
+    trainable = _bias_or_adapter if method == "bitfit" else peft.is_adapter
+    grad_fn = dpjax.clipped_grad(spec.apply(loss_fn), l2_clip=1.0, method=method,
+                                 trainable=trainable)  # fmt: skip
+    report = audit.sensitivity_replay(grad_fn, full, batch, rows=4, rtol=1e-6)
+    assert report.ok, report.summary()
+    if method != "ghost":
+        return
+    with planted.no_clipping():  # the same replay catches unclipped adapter gradients
+        bad = audit.sensitivity_replay(grad_fn, full, batch, rows=4, rtol=1e-6)
+    assert not bad.ok
