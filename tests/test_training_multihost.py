@@ -111,7 +111,8 @@ import hashlib, sys, jax
 jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
 from dpjax.randomness import RunSecrets
 s = RunSecrets.draw().broadcast()
-print("secret-digest", hashlib.sha256(str(s.root).encode()).hexdigest(), s.user_supplied)
+with open(sys.argv[3], "w") as f:  # a file: the collectives' logs share stdout
+    f.write(f"{hashlib.sha256(str(s.root).encode()).hexdigest()} {s.user_supplied}")
 """
 
 
@@ -121,11 +122,12 @@ def test_every_process_gets_process_0s_secret(tmp_path):
     script = tmp_path / "broadcast.py"
     script.write_text(BROADCAST)
     digests = []
-    for _ in range(2):
+    for run in range(2):
         address = f"127.0.0.1:{_free_port()}"
+        files = [tmp_path / f"run{run}_process{i}.txt" for i in range(2)]
         procs = [
             subprocess.Popen(
-                [sys.executable, str(script), address, str(i)],
+                [sys.executable, str(script), address, str(i), str(files[i])],
                 cwd=ROOT,
                 env=_env(2),
                 stdout=subprocess.PIPE,
@@ -134,9 +136,9 @@ def test_every_process_gets_process_0s_secret(tmp_path):
             )  # fmt: skip
             for i in range(2)
         ]
-        outs = [p.communicate(timeout=120)[0] for p in procs]
-        assert all(p.returncode == 0 for p in procs)
-        lines = [next(ln for ln in o.splitlines() if ln.startswith("secret-digest")) for o in outs]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+        lines = [f.read_text() for f in files]
         assert lines[0] == lines[1] and lines[0].endswith("False")
         digests.append(lines[0])
     assert digests[0] != digests[1]  # a fresh secret per run
