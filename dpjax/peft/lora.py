@@ -306,5 +306,6 @@ def lora(
         >>> lora(rank=4).scale, lora(rank=4, alpha=4.0).scale
         (2.0, 1.0)
     """
-    return LoRA(int(rank) if isinstance(rank, int) else rank,
-                float(2 * rank if alpha is None else alpha), targets, dropout)  # fmt: skip
+    if alpha is None:
+        alpha = 2.0 * rank if isinstance(rank, int) and not isinstance(rank, bool) else 1.0
+    return LoRA(rank, float(alpha), targets, dropout)

@@ -135,7 +135,7 @@ class Checkpointer:
             **meta,
         }
         tree = {
-            "params": _by_name(saved),
+            "params": _by_index(saved),
             "opt": {
                 f"{i:04d}": jax.random.key_data(x) if _is_key(x) else x for i, x in enumerate(opt)
             },
@@ -192,7 +192,7 @@ class Checkpointer:
         stored = template.params if "base" not in meta else template.train
         opt = jax.tree.leaves(template.opt_state)
         tree = {
-            "params": _by_name(stored),
+            "params": _by_index(stored),
             "opt": {
                 f"{i:04d}": jax.random.key_data(x) if _is_key(x) else x for i, x in enumerate(opt)
             },
@@ -218,7 +218,7 @@ class Checkpointer:
         ]
         opt_state = jax.tree.unflatten(jax.tree.structure(template.opt_state), leaves)
         restored = jax.tree.unflatten(
-            jax.tree.structure(stored), [out["params"][k] for k in _by_name(stored)]
+            jax.tree.structure(stored), [out["params"][k] for k in _by_index(stored)]
         )
         if "base" in meta:  # trained leaves only: the frozen ones are the template's
             return TrainState(out["step"], restored, template.frozen, opt_state), meta
@@ -266,7 +266,7 @@ def _paths(tree: Any) -> list[tuple[tuple[str, ...], Any]]:
     return list(zip(leaf_paths(tree), jax.tree.leaves(tree), strict=True))
 
 
-def _by_name(tree: Any) -> dict[str, Any]:
+def _by_index(tree: Any) -> dict[str, Any]:
     """The leaves of ``tree`` (``None`` leaves skipped) keyed by their index in leaf
     order, which the metadata's ``params`` list names and checks before a restore."""
     return {f"{i:05d}": x for i, x in enumerate(jax.tree.leaves(tree))}
