@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import dpjax
+from dpjax.data.losses import cross_entropy
 from dpjax.partition import Predicate
 
 __all__ = ["ALIASES", "Workload", "make_workload", "tokens_of"]
@@ -67,12 +68,6 @@ class Workload:
     bitfit_trainable: Predicate
 
 
-def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-row softmax cross-entropy in float32: ``logits [..., K]``, ``labels [...]``."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
-
-
 class MLP(nn.Module):
     """Two dense layers with a ReLU: the small model of the foundation section."""
 
@@ -106,7 +101,7 @@ def _build(name: str, seq_len: int, batch: int, dtype: Any) -> tuple[str, nn.Mod
         }
 
         def mlp_loss(params: Any, b: dict) -> jax.Array:
-            return _cross_entropy(model.apply({"params": params}, b["x"]), b["label"])
+            return cross_entropy(model.apply({"params": params}, b["x"]), b["label"])
 
         return "mlp", model, shapes, mlp_loss
 
@@ -125,7 +120,7 @@ def _build(name: str, seq_len: int, batch: int, dtype: Any) -> tuple[str, nn.Mod
 
         def bert_loss(params: Any, b: dict) -> jax.Array:
             logits = model.apply({"params": params}, b["input_ids"])
-            return _cross_entropy(logits, b["label"])
+            return cross_entropy(logits, b["label"])
 
         return kind, model, shapes, bert_loss
     if kind == "gpt2":
@@ -137,7 +132,7 @@ def _build(name: str, seq_len: int, batch: int, dtype: Any) -> tuple[str, nn.Mod
         def gpt2_loss(params: Any, b: dict) -> jax.Array:
             ids = b["input_ids"]
             logits = model.apply({"params": params}, ids)
-            return jnp.mean(_cross_entropy(logits[:, :-1], ids[:, 1:]), axis=-1)
+            return jnp.mean(cross_entropy(logits[:, :-1], ids[:, 1:]), axis=-1)
 
         return kind, model, shapes, gpt2_loss
     model = models.create_model(config, head="classification", num_labels=100, dtype=dtype)
@@ -149,7 +144,7 @@ def _build(name: str, seq_len: int, batch: int, dtype: Any) -> tuple[str, nn.Mod
 
     def vit_loss(params: Any, b: dict) -> jax.Array:
         logits = model.apply({"params": params}, b["pixel_values"])
-        return _cross_entropy(logits, b["label"])
+        return cross_entropy(logits, b["label"])
 
     return kind, model, shapes, vit_loss
 

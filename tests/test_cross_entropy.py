@@ -1,0 +1,98 @@
+"""``losses.cross_entropy``: its hand-written backward pass against autodiff of
+``log_softmax`` in float64, and the logits-sized buffer it saves (XLA's memory analysis)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dpjax.data.losses import classification_loss, cross_entropy, lm_loss
+
+
+def reference(logits, labels):
+    logp = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), -1)
+    return -jnp.take_along_axis(logp, labels[..., None], -1)[..., 0]
+
+
+def draw(seed, shape, classes, dtype=jnp.float64):
+    rng = np.random.default_rng(seed)
+    logits = jnp.asarray(3 * rng.standard_normal((*shape, classes)), dtype)
+    labels = jnp.asarray(rng.integers(0, classes, shape), jnp.int32)
+    weights = jnp.asarray(rng.standard_normal(shape), dtype)
+    return logits, labels, weights
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    shape=st.sampled_from([(3,), (2, 5)]),
+    classes=st.sampled_from([1, 2, 40]),
+)
+def test_value_and_gradient_equal_log_softmax_in_float64(seed, shape, classes):
+    with jax.enable_x64(True):
+        logits, labels, w = draw(seed, tuple(shape), classes)
+
+        def weighted(fn):
+            return lambda x: jnp.sum(w * fn(x, labels))
+
+        value, grad = jax.jit(jax.value_and_grad(weighted(cross_entropy)))(logits)
+        ref_value, ref_grad = jax.jit(jax.value_and_grad(weighted(reference)))(logits)
+        np.testing.assert_allclose(value, ref_value, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(grad, ref_grad, rtol=1e-10, atol=1e-12)
+        assert grad.dtype == jnp.float64
+
+
+def test_per_example_gradients_under_vmap_equal_the_oracle(x64):
+    logits, labels, _ = draw(1, (6, 7), 11)
+
+    def per_example(fn):
+        return jax.vmap(jax.grad(lambda x, y: fn(x[None], y[None]).sum()))(logits, labels)
+
+    np.testing.assert_allclose(per_example(cross_entropy), per_example(reference), rtol=1e-10)
+
+
+def test_bfloat16_logits_get_float32_losses_and_bfloat16_gradients():
+    logits, labels, _ = draw(2, (4, 3), 50, jnp.float32)
+    low = logits.astype(jnp.bfloat16)
+    out = cross_entropy(low, labels)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, reference(low, labels), rtol=1e-6)
+    grad = jax.grad(lambda x: cross_entropy(x, labels).sum())(low)
+    ref = jax.grad(lambda x: reference(x, labels).sum())(low)
+    assert grad.dtype == jnp.bfloat16
+    np.testing.assert_allclose(grad.astype(np.float32), ref.astype(np.float32), atol=1e-2)
+
+
+def test_the_task_losses_use_it(x64):
+    logits, labels, _ = draw(3, (5, 9), 13)
+    ids = labels
+    mask = jnp.ones_like(ids).at[:, :3].set(0)
+    ref_nll = reference(logits[:, :-1], ids[:, 1:]) * mask[:, 1:]
+    np.testing.assert_allclose(lm_loss(logits, ids, mask, "sum"), ref_nll.sum(-1), rtol=1e-12)
+    np.testing.assert_allclose(
+        classification_loss(logits[:, 0], labels[:, 0]), reference(logits[:, 0], labels[:, 0])
+    )
+
+
+@pytest.mark.parametrize("value", [False, True])
+def test_asking_for_the_value_costs_no_extra_logits_buffer(value):
+    """XLA's compiled temp memory: ``log_softmax``'s autodiff keeps an extra [B, T, V]
+    buffer when the value is asked for too; ``cross_entropy`` never does."""
+    b, t, v = 4, 16, 8192
+    logits = jax.ShapeDtypeStruct((b, t, v), jnp.float32)
+    labels = jax.ShapeDtypeStruct((b, t), jnp.int32)
+    buffer = b * t * v * 4
+
+    def temp(fn):
+        def loss(x, y):  # tanh: the logits are computed, as a model's are
+            return jnp.sum(fn(jnp.tanh(x), y))
+
+        step = jax.value_and_grad(loss) if value else jax.grad(loss)
+        return jax.jit(step).lower(logits, labels).compile().memory_analysis().temp_size_in_bytes
+
+    lean, ref = temp(cross_entropy), temp(reference)
+    assert lean <= ref
+    if value:
+        assert ref - lean >= buffer
