@@ -148,5 +148,6 @@ def build(cfg: Any) -> Task:
         generation_eval=hook,
         trainable_extra=None,
         vocab_sizes=vocab_sizes(model),
+        model=model,
         name=f"{dataset}-gpt2",
     )

@@ -99,9 +99,11 @@ def load_splits(cfg: Any, tokenizer: Any) -> tuple[Any, Any]:
 
 def _logits_fn(
     cfg: Any, tokenizer: Any, train: Any, secrets: RunSecrets | None
-) -> tuple[Any, Any, Any, tuple, dict]:
-    """``(params, logits(params, batch) -> [B, C], trainable_extra, prior_privacy,
-    vocab_sizes)``; ``secrets`` draw the noise of the released feature mean and probe."""
+) -> tuple[Any, Any, dict[str, Any]]:
+    """``(params, logits(params, batch) -> [B, C], fields)``, ``fields`` the other
+    :class:`Task` fields (``model``, ``trainable_extra``, ``prior_privacy``,
+    ``vocab_sizes``, ``constants``); ``secrets`` draw the noise of the released feature
+    mean and probe."""
     fmt = cfg_get(cfg, "format", "prompt")
     classes = int(train.num_classes)
     example = train.take(np.zeros(1, np.int64))["input_ids"]
@@ -115,7 +117,7 @@ def _logits_fn(
                 batch["mask_position"], words, method=mask_label_logits,
             )  # fmt: skip
 
-        return params, logits, None, (), vocab_sizes(model)
+        return params, logits, dict(model=model, vocab_sizes=vocab_sizes(model))
     pooling = cfg_get(cfg, "pooling", "cls")
     if pooling == "cls":
         model, params = load_model(
@@ -126,7 +128,8 @@ def _logits_fn(
         def logits(params: Any, batch: Any) -> Any:
             return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"])
 
-        return params, logits, extra, (), vocab_sizes(model)
+        fields = dict(model=model, trainable_extra=extra, vocab_sizes=vocab_sizes(model))
+        return params, logits, fields
     if pooling != "mean":
         raise ValueError(f"task.pooling must be 'cls' or 'mean', got {pooling!r}")
     encoder, encoder_params = load_model(cfg, None, classes, tokenizer=tokenizer, example=example)
@@ -145,7 +148,14 @@ def _logits_fn(
     def logits(params: Any, batch: Any) -> Any:
         return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], center)
 
-    return params, logits, dpjax.named("classifier"), prior, vocab_sizes(encoder)
+    fields = dict(
+        model=model,
+        trainable_extra=dpjax.named("classifier"),
+        prior_privacy=prior,
+        vocab_sizes=vocab_sizes(encoder),
+        constants={} if center is None else {"feature_center": np.asarray(center)},
+    )
+    return params, logits, fields
 
 
 def pooled_features(
@@ -217,16 +227,13 @@ def build(cfg: Any, secrets: RunSecrets | None = None) -> Task:
     """
     tokenizer = load_tokenizer(cfg)
     train, test = load_splits(cfg, tokenizer)
-    params, logits, extra, prior, vocab = _logits_fn(cfg, tokenizer, train, secrets)
-
+    params, logits, fields = _logits_fn(cfg, tokenizer, train, secrets)
     return classification_task(
         logits,
         params=params,
         train=train,
         test=test,
-        trainable_extra=extra,
-        prior_privacy=prior,
-        vocab_sizes=vocab,
+        **fields,
         padded_keys=tuple(k for k in TOKEN_FIELDS if k in train.arrays),
         name=f"{cfg_get(cfg, 'dataset')}-{cfg_get(cfg, 'format', 'prompt')}",
     )

@@ -44,12 +44,16 @@ def with_lora(task: Task, settings: PeftSettings, seed: int) -> Task:
     example = dict(task.train_data.take(np.arange(min(2, task.num_train))))
     key = jax.random.fold_in(jax.random.key(seed), 0x10A)
     adapters = spec.init(key, task.loss_fn, task.params, example)
+    base_loss = task.loss_fn
+
+    def merge(params: Any) -> Any:
+        return spec.merge(base_loss, params, example)
+
     generation = task.generation_eval
     if generation is not None:
-        base_loss = task.loss_fn
 
         def generation(params: Any, step: int, _inner: Any = task.generation_eval) -> Any:
-            return _inner(spec.merge(base_loss, params, example), step)
+            return _inner(merge(params), step)
 
     eval_fn = None if task.eval_fn is None else spec.apply(task.eval_fn)
     return dataclasses.replace(
@@ -58,5 +62,6 @@ def with_lora(task: Task, settings: PeftSettings, seed: int) -> Task:
         loss_fn=spec.apply(task.loss_fn),
         eval_fn=eval_fn,
         generation_eval=generation,
+        merge=merge,
         name=f"{task.name}+lora{settings.rank}",
     )

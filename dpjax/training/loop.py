@@ -236,6 +236,8 @@ class Trainer:
         """
         start_time = time.time()
         s, plan = self.settings, self.plan
+        os.makedirs(self.workdir, exist_ok=True)
+        self._write_results(self.config, "config.json")  # what export and resume read
         ckpt = self._checkpointer()
         state, ledger, phase = self._resume_or_init(ckpt)
         start = int(to_host(state.step))
@@ -342,10 +344,9 @@ class Trainer:
         except Exception as write_error:  # noqa: BLE001
             log.error("could not write results.json after the failure: %s", write_error)
 
-    def _write_results(self, results: dict[str, Any]) -> None:
+    def _write_results(self, results: dict[str, Any], name: str = "results.json") -> None:
         if self.is_main:
-            path = os.path.join(self.workdir, "results.json")
-            with open(path, "w", encoding="utf-8") as f:
+            with open(os.path.join(self.workdir, name), "w", encoding="utf-8") as f:
                 json.dump(results, f, indent=2, default=repr)
 
     def evaluate(
@@ -376,16 +377,37 @@ class Trainer:
         ckpt.save(state, base=base, phase=phase, ledger=ledger.to_dict(), sampler=sampler,
                   **extra)  # fmt: skip
 
+    def restore(self, step: int | None = None) -> tuple[TrainState, dict[str, Any]]:
+        """The state checkpointed in the workdir at ``step`` (default: the latest) and its
+        metadata (``phase``, ``ledger``, ...; the run's secrets are not in it).
+
+        Raises:
+          CheckpointError: no checkpoint there, or one of another run (config or base
+            weights differ).
+        """
+        ckpt = self._checkpointer()
+        try:
+            step = ckpt.latest_step() if step is None else step
+            if step is None:
+                raise CheckpointError(f"no checkpoint in {ckpt.directory}")
+            state, meta = self._restore(ckpt, step)
+        finally:
+            ckpt.close()
+        return state, {k: v for k, v in meta.items() if k != "secrets"}
+
+    def _restore(self, ckpt: Checkpointer, step: int) -> tuple[TrainState, dict[str, Any]]:
+        meta = ckpt.read_meta(step)
+        phase = meta.get("phase")
+        if not isinstance(phase, int) or not 0 <= phase < len(self.plan.phases):
+            raise CheckpointError(f"checkpoint {ckpt.directory}/{step}: bad phase {phase!r}")
+        return ckpt.restore(self.initial_state(phase), step)
+
     def _resume_or_init(self, ckpt: Checkpointer) -> tuple[TrainState, PrivacyLedger, int]:
         latest = ckpt.latest_step()
         if latest is None:
             return self.initial_state(0), PrivacyLedger(), 0
-        meta = ckpt.read_meta(latest)
-        phase = meta.get("phase")
-        if not isinstance(phase, int) or not 0 <= phase < len(self.plan.phases):
-            raise CheckpointError(f"checkpoint {ckpt.directory}/{latest}: bad phase {phase!r}")
-        template = self.initial_state(phase)
-        state, meta = ckpt.restore(template, latest)
+        state, meta = self._restore(ckpt, latest)
+        phase = meta["phase"]
         ledger = PrivacyLedger.from_dict(meta["ledger"])
         step = int(to_host(state.step))
         if step != latest or (self.plan.private and ledger.steps != step):

@@ -87,6 +87,14 @@ class Task:
         each micro-batch at the width of its longest row (:mod:`dpjax.data.lengths`);
         declare them only for a model whose real rows ignore padding. ``train_data``
         must then hold its arrays (``train_data.arrays``).
+      model: the Flax module behind ``params`` (``model.apply({"params": p}, ...)``), for
+        export (:mod:`dpjax.training.export`); ``None`` when the builder has none.
+      constants: arrays the loss uses besides ``params`` that export must carry for the
+        model to predict the same (e.g. the text head's released feature mean): never
+        trained, already released (their privacy cost is in ``prior_privacy``).
+      merge: ``merge(params) -> params`` of the same model without adapters (LoRA folded
+        into the base weights, :func:`dpjax.training.adapters.with_lora`); ``None`` when
+        the params have no adapters.
       name: a short name for logs.
     """
 
@@ -100,6 +108,9 @@ class Task:
     prior_privacy: tuple[Segment, ...] = ()
     vocab_sizes: Mapping[str, int] = dataclasses.field(default_factory=dict)
     padded_keys: tuple[str, ...] = ()
+    model: Any = None
+    constants: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    merge: Callable[[Any], Any] | None = None
     name: str = "task"
 
     def __post_init__(self) -> None:
