@@ -11,6 +11,10 @@ Private Learning Needs Better Features", after Papernot et al.'s tempered sigmoi
 conv 16 8x8/2 (padding 3), tanh, max-pool 2x2/1, conv 32 4x4/2, tanh, max-pool 2x2/1,
 dense 32, tanh, classifier. ``num_groups`` adds a GroupNorm after every convolution
 (statistics per example, so DP-safe). Inputs are NHWC images of any channel count.
+``input_groups`` normalises the input first with a parameter-free GroupNorm (per example:
+Tramer & Boneh's normalisation of ScatterNet features, :mod:`dpjax.models.scattering`);
+``pool_sizes`` sets the max-pool after each convolution separately and ``pool_stride`` 2
+makes them halve the resolution (``cnn-scatter``: conv, tanh, pool 2x2/2, conv, tanh).
 
 Example:
     >>> import jax, jax.numpy as jnp
@@ -48,11 +52,17 @@ class CNNConfig:
       kernel_sizes: square kernel side of each convolution.
       strides: stride of each convolution.
       paddings: symmetric zero padding of each convolution.
-      pool_size: side of the max-pool (stride 1) after each convolution; 0: none.
+      pool_size: side of the max-pool after each convolution; 0: none.
+      pool_sizes: per-convolution max-pool sides (0: none) replacing ``pool_size``;
+        empty: ``pool_size`` after every convolution.
+      pool_stride: stride of the max-pools (1 keeps the resolution minus pool_size - 1).
       dense_sizes: widths of the hidden dense layers before the classifier.
       hidden_act: activation after every hidden layer (``"tanh"`` is best under DP).
       num_groups: GroupNorm groups after each convolution; 0 leaves the norm out.
       norm_eps: GroupNorm epsilon.
+      input_groups: groups of a parameter-free GroupNorm of the input; 0: none.
+      image_size: input side of :func:`dpjax.models.configs.dummy_inputs` (the module
+        itself takes any size its layers fit).
     """
 
     num_channels: int = 1
@@ -61,13 +71,18 @@ class CNNConfig:
     strides: tuple[int, ...] = (2, 2)
     paddings: tuple[int, ...] = (3, 0)
     pool_size: int = 2
+    pool_sizes: tuple[int, ...] = ()
+    pool_stride: int = 1
     dense_sizes: tuple[int, ...] = (32,)
     hidden_act: str = "tanh"
     num_groups: int = 0
     norm_eps: float = 1e-5
+    input_groups: int = 0
+    image_size: int = 28
 
     def __post_init__(self) -> None:
-        for key in ("features", "kernel_sizes", "strides", "paddings", "dense_sizes"):
+        keys = ("features", "kernel_sizes", "strides", "paddings", "dense_sizes", "pool_sizes")
+        for key in keys:
             object.__setattr__(self, key, tuple(int(v) for v in getattr(self, key)))
         lengths = {len(self.features), len(self.kernel_sizes), len(self.strides)}
         if len(lengths | {len(self.paddings)}) != 1 or not self.features:
@@ -84,10 +99,23 @@ class CNNConfig:
             raise ValueError(
                 f"num_groups={self.num_groups} must be 0 or divide every width {self.features}"
             )
-        if self.num_channels < 1 or self.pool_size < 0:
+        if self.pool_sizes and (
+            len(self.pool_sizes) != len(self.features) or min(self.pool_sizes) < 0
+        ):
             raise ValueError(
-                f"num_channels must be >= 1 and pool_size >= 0, got {self.num_channels}, "
-                f"{self.pool_size}"
+                f"pool_sizes={self.pool_sizes} must be empty or one size >= 0 per convolution"
+            )
+        if self.num_channels < 1 or self.pool_size < 0 or self.pool_stride < 1:
+            raise ValueError(
+                "num_channels and pool_stride must be >= 1 and pool_size >= 0, got "
+                f"{self.num_channels}, {self.pool_stride}, {self.pool_size}"
+            )
+        if self.input_groups < 0 or (
+            self.input_groups and self.num_channels % self.input_groups
+        ):
+            raise ValueError(
+                f"input_groups={self.input_groups} must be 0 or divide num_channels="
+                f"{self.num_channels}"
             )
 
 
@@ -114,8 +142,18 @@ class CNN(nn.Module):
         c = self.config
         act = activation(c.hidden_act)
         x = jnp.asarray(pixel_values, self.dtype)
-        layers = zip(c.features, c.kernel_sizes, c.strides, c.paddings, strict=True)
-        for i, (width, size, stride, pad) in enumerate(layers):
+        if c.input_groups:
+            x = nn.GroupNorm(
+                c.input_groups,
+                epsilon=c.norm_eps,
+                use_bias=False,
+                use_scale=False,
+                dtype=self.dtype,
+                name="input_norm",
+            )(x)
+        pools = c.pool_sizes or (c.pool_size,) * len(c.features)
+        layers = zip(c.features, c.kernel_sizes, c.strides, c.paddings, pools, strict=True)
+        for i, (width, size, stride, pad, pool) in enumerate(layers):
             x = nn.Conv(
                 width,
                 (size, size),
@@ -129,9 +167,9 @@ class CNN(nn.Module):
                     c.num_groups, epsilon=c.norm_eps, dtype=self.dtype, name=f"norm_{i}"
                 )(x)
             x = act(x)
-            if c.pool_size:
-                window = (c.pool_size, c.pool_size)
-                x = nn.max_pool(x, window, strides=(1, 1))
+            if pool:
+                window = (pool, pool)
+                x = nn.max_pool(x, window, strides=(c.pool_stride, c.pool_stride))
         x = x.reshape(x.shape[0], -1)
         for j, width in enumerate(c.dense_sizes):
             x = act(nn.Dense(width, dtype=self.dtype, name=f"dense_{j}")(x))
