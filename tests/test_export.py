@@ -114,3 +114,15 @@ def test_gpt2_lora_run_exports_a_hugging_face_checkpoint(tmp_path):
                      trainer.settings.peft.targets)  # fmt: skip
     adapted = spec.apply(lambda p, b: want({"params": p}, b["input_ids"], b["attention_mask"]))
     np.testing.assert_allclose(got, adapted(state.params, batch), rtol=1e-4, atol=1e-5)
+
+
+def test_a_user_supplied_seed_is_not_written_and_export_still_rebuilds_the_run(tmp_path):
+    config = _toy("dp_bitfit")
+    config.privacy.noise_seed = 424242
+    training.train(config, str(tmp_path), progress=False)
+    assert "424242" not in (tmp_path / "config.json").read_text()
+    info = export(str(tmp_path), str(tmp_path / "out"))  # the secret comes from the checkpoint
+    assert info["step"] == 3 and not info["adapters_merged"]
+    config.privacy.noise_seed = 7  # another seed on the same checkpoint: refused
+    with pytest.raises(CheckpointError, match="another secret than privacy.noise_seed"):
+        training.Trainer(config, str(tmp_path))

@@ -2,6 +2,7 @@
 
 Module tree (standard linen layers only, so every engine taps it: ``vmap``, ``ghost``)::
 
+    input_norm                   (no parameters; when ``input_groups`` > 0)
     conv_{i}/{kernel, bias}      (norm_{i}/{scale, bias} when ``num_groups`` > 0)
     dense_{j}/{kernel, bias}
     classifier/{kernel, bias}    (head="classification")
@@ -110,9 +111,7 @@ class CNNConfig:
                 "num_channels and pool_stride must be >= 1 and pool_size >= 0, got "
                 f"{self.num_channels}, {self.pool_stride}, {self.pool_size}"
             )
-        if self.input_groups < 0 or (
-            self.input_groups and self.num_channels % self.input_groups
-        ):
+        if self.input_groups < 0 or (self.input_groups and self.num_channels % self.input_groups):
             raise ValueError(
                 f"input_groups={self.input_groups} must be 0 or divide num_channels="
                 f"{self.num_channels}"

@@ -61,6 +61,9 @@ def fingerprint(config: Mapping[str, Any]) -> str:
     trimmed = {k: v for k, v in dict(config).items() if k not in OPERATIONAL_KEYS}
     privacy = dict(trimmed.get("privacy") or {})
     privacy.pop("max_epsilon", None)  # a budget may be raised on resume; the ledger decides
+    # The checkpoint holds the run's secret; a user-supplied seed is checked against it
+    # (dpjax.training.secrets) and is never written, so config.json can rebuild the run.
+    privacy.pop("noise_seed", None)
     if privacy:
         trimmed["privacy"] = privacy
     blob = json.dumps(trimmed, sort_keys=True, default=repr)

@@ -54,7 +54,8 @@ _CONSTANT = "constants/"
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a run was trained with: ``config.json`` in ``workdir`` (written when the
-    run starts), else the ``config`` of its ``results.json``.
+    run starts), else the ``config`` of its ``results.json``. A redacted user-supplied
+    ``privacy.noise_seed`` becomes ``None``: the run's secret is read from its checkpoint.
 
     Raises:
       FileNotFoundError: neither file is there.
@@ -64,7 +65,11 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-            return ml_collections.ConfigDict(data if key is None else data[key])
+            config = data if key is None else data[key]
+            privacy = config.get("privacy") or {}
+            if isinstance(privacy.get("noise_seed"), str):  # redacted: the checkpoint has it
+                privacy["noise_seed"] = None
+            return ml_collections.ConfigDict(config)
     raise FileNotFoundError(f"no config.json or results.json in {workdir}: not a dpjax run")
 
 

@@ -237,7 +237,8 @@ class Trainer:
         start_time = time.time()
         s, plan = self.settings, self.plan
         os.makedirs(self.workdir, exist_ok=True)
-        self._write_results(self.config, "config.json")  # what export and resume read
+        # The config as given (a user-supplied noise seed redacted): what export reads.
+        self._write_results(release.redact_config(self.config), "config.json")
         ckpt = self._checkpointer()
         state, ledger, phase = self._resume_or_init(ckpt)
         start = int(to_host(state.step))

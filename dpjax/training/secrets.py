@@ -4,7 +4,8 @@ Resolved once, before the task is built (a task builder draws the noise of what 
 releases from it) and before the sampler exists (its seed is one of its streams):
 
 1. a checkpoint of this config in ``<workdir>/checkpoints`` holds it: a resumed run
-   continues the same noise and sampling streams;
+   continues the same noise and sampling streams (a ``privacy.noise_seed`` given then
+   must be the one the run started with);
 2. else ``privacy.noise_seed``, when given: reproducible and *not secret* (a warning
    says so, and ``results.json`` reports ``"user-supplied (not secret)"``);
 3. else 128 bits of OS entropy, drawn by process 0 and broadcast to every process.
@@ -21,7 +22,7 @@ import logging
 import os
 
 from dpjax.randomness import RunSecrets
-from dpjax.training.checkpoint import Checkpointer
+from dpjax.training.checkpoint import Checkpointer, CheckpointError
 
 __all__ = ["run_secrets"]
 
@@ -37,6 +38,12 @@ def run_secrets(checkpoint_dir: str, fingerprint: str, noise_seed: int | None) -
         finally:
             ckpt.close()
         if found is not None:
+            if noise_seed is not None and (found.root, found.user_supplied) != (noise_seed, True):
+                raise CheckpointError(
+                    f"the checkpoint in {checkpoint_dir} was drawn from another secret than "
+                    "privacy.noise_seed (the value is not shown); resume without "
+                    "privacy.noise_seed or with the seed the run started with"
+                )
             return found
     if noise_seed is not None:
         log.warning(
