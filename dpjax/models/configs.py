@@ -81,8 +81,8 @@ CONFIGS: dict[str, Config] = {
     "cnn-fmnist": CNNConfig(),
     "cnn-fmnist-gn": CNNConfig(num_groups=4),
     # GroupNorm(27) of the 81 scattering channels, conv 32 3x3, tanh, max-pool 2x2/2,
-    # conv 64 3x3, tanh, classifier (Tramer & Boneh use 64 in both convolutions; the first
-    # is 32 here to fit a one-core budget: it holds most of the compute).
+    # conv 64 3x3, tanh, classifier (the first convolution holds most of the compute: 32
+    # channels rather than 64 fit a one-core budget).
     "cnn-scatter": CNNConfig(
         num_channels=81,
         input_groups=27,

@@ -57,9 +57,14 @@ becomes its fixed scattering transform (:mod:`dpjax.models.scattering`: J = 2 sc
 8 orientations, orders 0-2, ``[7, 7, 81]``), computed once for both splits at task build
 time (data-independent, no privacy cost); ``cnn-scatter`` trains from scratch on it:
 parameter-free GroupNorm (27 groups) of the features, conv 32 3x3, tanh, max-pool 2x2/2,
-conv 64 3x3, tanh, classifier (47.6k parameters). DP-SGD, momentum 0.9, lr 8, clip 0.1,
-Poisson batches of 2048, 15 epochs, linear decay. Tramer & Boneh report about 89 %
-(ScatterNet + CNN) and 89.7 % (ScatterNet + linear) at epsilon 3.
+conv 64 3x3, tanh, classifier (47.6k parameters; 32 channels rather than 64 in the first
+convolution, to fit one core). DP-SGD, momentum 0.9, lr 8, clip 0.1, Poisson
+batches of 2048, 15 epochs = 450 steps, sigma 1.281, linear decay. Tramer & Boneh report
+about 89 % (ScatterNet + CNN) and 89.7 % (ScatterNet + linear) at epsilon 3; our goal was
+>= 88 %. Measured (one run, one secret noise seed): 88.39 % test accuracy at epsilon 2.992,
+delta 1e-5; 898 s wall in all (212 s for the scattering of the 70k images, 673 s of
+training) on one core of a 2-core CPU shared with other jobs. Untried: other lr / epochs,
+more seeds, 64 channels in the first convolution, ScatterNet + linear.
 """
 
 from __future__ import annotations
