@@ -41,9 +41,9 @@ Variants (``quickstart.py:<variant>``):
       epsilon 8, 2 epochs, lr 5e-4 (head 5e-2; measured 73.6 %)
     - ``dp_lora``: DP probe, then DP-LoRA (rank 8, alpha 16 on the attention queries
       and values, ``dpjax.peft``) + head, the DP-BiTFiT recipe otherwise, epsilon 8
-      (measured 75.5 %, one run)
+      (measured 76.2 %, median of 3 runs: 75.5, 76.2, 76.2)
     - ``dp_bitfit_lora``: the same with every bias trained beside the adapters (measured
-      75.9 %, one run)
+      75.9 %, median of 3 runs: 75.3, 75.9, 76.1)
     - ``nonprivate_bitfit``: every bias and the head, no noise or clipping, no probe, 3
       epochs of batch 32 at 1e-3 (the non-private reference; measured 79.2 %, 20 min on
       one core)
