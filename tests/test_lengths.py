@@ -18,6 +18,7 @@ from dpjax.training import Trainer
 from experiments.configs import toy
 
 T = 32
+W = 16  # the trainer tests' padded width: cut widths 8 or 16, two compiled shapes
 
 
 def _mask(lengths, width=T):
@@ -76,12 +77,13 @@ def test_sorting_an_empty_step_gives_its_one_all_padding_micro_batch():
 # ---------------------------------------------------------------- through the trainer
 @pytest.fixture(scope="module")
 def text_task():
-    """MeanPool bert-tiny on 96 random right-padded rows of 1..32 tokens (most short)."""
+    """MeanPool bert-tiny on 96 random right-padded rows of 1..16 tokens (most short)."""
     rng = np.random.default_rng(0)
     n = 96
-    lengths = np.minimum(rng.geometric(0.12, n), T)
-    mask = _mask(lengths)
-    ids = rng.integers(5, 200, (n, T)) * mask
+    lengths = np.minimum(rng.geometric(0.12, n), W)
+    mask = _mask(lengths, W)
+    vocab = get_config("bert-tiny").vocab_size  # every id in range: no row is NaN, none dropped
+    ids = rng.integers(5, vocab, (n, W)) * mask
     data = ArrayDataset(
         {"input_ids": ids.astype(np.int32), "attention_mask": mask, "label": rng.integers(0, 2, n)},
         num_classes=2,
@@ -92,18 +94,21 @@ def text_task():
     def logits(p, b):
         return model.apply({"params": p}, b["input_ids"], b["attention_mask"])
 
-    return classification_task(
+    task = classification_task(
         logits, params=params, train=data, test=data, name="padded",
         padded_keys=("input_ids", "attention_mask"),
     )  # fmt: skip
+    every = {k: jnp.asarray(v) for k, v in data.arrays.items()}
+    assert np.isfinite(task.loss_fn(params, every)).all()  # no row dropped as non-finite
+    return task
 
 
-def _trainer(task, method, engine, trim):
+def _trainer(task, method, engine, trim, sigma=1.0):
     c = toy.get_config(method)
     c.engine = engine
     c.batch_size, c.physical_batch_size, c.steps, c.epochs = 32, 8, 2, None
     c.privacy.target_epsilon = None
-    c.privacy.noise_multiplier = 1.0
+    c.privacy.noise_multiplier = sigma
     c.privacy.accountant = "rdp"
     c.privacy.noise_seed = 0  # both runs draw the same batches and noise
     c.optimizer.lr = 0.05
@@ -117,22 +122,25 @@ def _trainer(task, method, engine, trim):
 def test_cut_micro_batches_train_exactly_like_padded_ones(text_task, method, engine):
     cut, padded = (_trainer(text_task, method, engine, trim) for trim in (True, False))
     widths = [b["input_ids"].shape[1] for b in cut.micro_batches(0)]
-    assert min(widths) < T and all(w % 8 == 0 for w in widths), widths  # it does cut
-    assert {b["input_ids"].shape[1] for b in padded.micro_batches(0)} == {T}
+    assert min(widths) < W and all(w % 8 == 0 for w in widths), widths  # it does cut
+    assert {b["input_ids"].shape[1] for b in padded.micro_batches(0)} == {W}
     a, b = run_steps(cut, 2), run_steps(padded, 2)
     assert_trees_close(a.params, b.params, rtol=2e-5, atol=1e-6)
 
 
 def test_a_cut_through_real_tokens_is_caught(text_task, monkeypatch):
-    """Planted bug: one token too few per micro-batch changes the trained parameters."""
-    padded = run_steps(_trainer(text_task, "dp_full", "vmap", False), 2)
-    longest = padding.row_lengths(text_task.train_data.arrays["attention_mask"])
+    """Planted bug: micro-batches cut 8 tokens short (through real tokens wherever the
+    longest row has more than 8; on the same 8-token grid, so no extra compiles) change
+    the trained parameters."""
+    # Without noise: the cut's effect on the clipped sums is not buried under sigma = 1.
+    padded = run_steps(_trainer(text_task, "dp_full", "vmap", False, sigma=0.0), 2)
+    right = padding.bucket_width
 
     def short(mask, rows):
-        return max(1, int(longest[rows].max()) - 1)
+        return max(8, right(mask, rows) - 8)
 
     monkeypatch.setattr(padding, "bucket_width", short)
-    cut = run_steps(_trainer(text_task, "dp_full", "vmap", True), 2)
+    cut = run_steps(_trainer(text_task, "dp_full", "vmap", True, sigma=0.0), 2)
     with pytest.raises(AssertionError):
         assert_trees_close(cut.params, padded.params, rtol=2e-5, atol=1e-6)
 
@@ -161,7 +169,7 @@ def test_evaluation_of_cut_batches_equals_the_padded_one(text_task):
     args = (text_task.eval_fn, data, 24, mesh)  # 96 rows: four batches of 24
     cut = Evaluator(*args, padded_keys=text_task.padded_keys)
     widths = [b["input_ids"].shape[1] for b in cut._batches(text_task.train_data)]
-    assert widths[0] == T and min(widths) < T, widths
+    assert widths[0] == W and min(widths) < W, widths
     got, want = cut(text_task.params), Evaluator(*args)(text_task.params)
     assert got.keys() == want.keys()
     for k in want:
