@@ -22,8 +22,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "experiments" / "configs"
 NAMES = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.stem.startswith("_"))
 LISTED = re.compile(r"^\s*- ``([^`]+)``", re.MULTILINE)
-#: One smoke per builder family runs by default; the rest are marked slow.
-FAST_SMOKES = {("quickstart", "smoke"), ("glue", "sst2,smoke"), ("e2e", "smoke")}
+#: One smoke per builder family runs by default; the rest are marked slow. The main
+#: job's smoke runs once, through the launcher (``test_quickstart_smoke_through_the_launcher``).
+FAST_SMOKES = {("glue", "sst2,smoke"), ("e2e", "smoke")}
+THROUGH_THE_LAUNCHER = {("quickstart", "smoke")}
 
 
 def _module(name):
@@ -189,6 +191,8 @@ def _check_results(results, config):
 
 def _smoke_params():
     for name, variant in SMOKES:
+        if (name, variant) in THROUGH_THE_LAUNCHER:
+            continue
         marks = () if (name, variant) in FAST_SMOKES else (pytest.mark.slow,)
         yield pytest.param(name, variant, marks=marks, id=f"{name}:{variant}")
 
