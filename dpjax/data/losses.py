@@ -83,8 +83,12 @@ def _ce_backward(res: tuple, g: jax.Array) -> tuple[jax.Array, None]:
     logits, lse, labels = res
     x = _f32(logits)
     probs = jnp.exp(x - lse[..., None])
-    hot = jax.nn.one_hot(labels, x.shape[-1], dtype=x.dtype)
-    return (g[..., None] * (probs - hot)).astype(logits.dtype), None
+    # softmax - one_hot as one select against an iota: XLA fuses it, where a one_hot
+    # array would be materialised as one more [B, T, V] buffer (measured: 785 MiB on
+    # GPT-2 at B 8, T 512).
+    classes = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    d = jnp.where(classes == labels[..., None], probs - 1.0, probs)
+    return (g[..., None] * d).astype(logits.dtype), None
 
 
 cross_entropy.defvjp(_ce_forward, _ce_backward)
