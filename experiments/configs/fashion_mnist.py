@@ -105,28 +105,39 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     method = "nonprivate_full" if variant == "nonprivate" else "dp_full"
     c = base_config(method, name=f"fashion_mnist-cnn-{variant}", task=task)
     c.description = f"Fashion-MNIST, CNN from scratch, {variant}"
+    _dp_sgd(c, epochs=20.0, lr=10.0)  # lr x clip = 1; lower rates underfit (see above)
+    if method != "dp_full":
+        c.privacy.target_epsilon = None
+        c.privacy.delta = None
+        c.optimizer.lr = 0.05  # no clipping: the update is the raw mean gradient
+    if variant == "smoke":
+        _smoke(c)
+    return c
+
+
+def _dp_sgd(c: ml_collections.ConfigDict, *, epochs: float, lr: float) -> None:
+    """The rows' shared schedule: DP-SGD (momentum 0.9, clip 0.1, linear decay) on
+    Poisson batches of 2048, epsilon 3 at delta 1e-5."""
     c.engine = "vmap"
     c.batch_size = 2048
     c.physical_batch_size = 704  # 3 micro-batches hold 2048 + 1.4 std
-    c.epochs = 20.0
+    c.epochs = epochs
     c.optimizer.name = "sgd"
     c.optimizer.momentum = 0.9
-    c.optimizer.lr = 10.0  # lr x clip = 1; lower rates underfit (see above)
+    c.optimizer.lr = lr
     c.optimizer.schedule = "linear"
     c.privacy.l2_clip = 0.1
+    c.privacy.target_epsilon = 3.0
+    c.privacy.delta = 1e-5
     c.eval_batch_size = 2000
     c.log_every = 50
-    if method == "dp_full":
-        c.privacy.target_epsilon = 3.0
-        c.privacy.delta = 1e-5
-    else:
-        c.optimizer.lr = 0.05  # no clipping: the update is the raw mean gradient
-    if variant == "smoke":
-        smoke_sizes(c)
-        c.task.train_limit = 64
-        c.task.eval_limit = 32
-        c.log_every = 1
-    return c
+
+
+def _smoke(c: ml_collections.ConfigDict) -> None:
+    smoke_sizes(c)
+    c.task.train_limit = 64
+    c.task.eval_limit = 32
+    c.log_every = 1
 
 
 def _scatter_config(variant: str) -> ml_collections.ConfigDict:
@@ -146,22 +157,7 @@ def _scatter_config(variant: str) -> ml_collections.ConfigDict:
     task["model"] = "cnn-scatter"
     c = base_config("dp_full", name=f"fashion_mnist-{variant}", task=task)
     c.description = f"Fashion-MNIST, ScatterNet + CNN from scratch, {variant}"
-    c.engine = "vmap"
-    c.batch_size = 2048
-    c.physical_batch_size = 704  # 3 micro-batches hold 2048 + 1.4 std
-    c.epochs = 15.0
-    c.optimizer.name = "sgd"
-    c.optimizer.momentum = 0.9
-    c.optimizer.lr = 8.0
-    c.optimizer.schedule = "linear"
-    c.privacy.l2_clip = 0.1
-    c.privacy.target_epsilon = 3.0
-    c.privacy.delta = 1e-5
-    c.eval_batch_size = 2000
-    c.log_every = 50
+    _dp_sgd(c, epochs=15.0, lr=8.0)
     if variant == "scatter_smoke":
-        smoke_sizes(c)
-        c.task.train_limit = 64
-        c.task.eval_limit = 32
-        c.log_every = 1
+        _smoke(c)
     return c
