@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "safetensors==0.8.0",
     "tokenizers==0.23.3",
     "tiktoken==0.14.0",
+    "gguf==0.19.0",
     "tqdm==4.70.1",
     "tensorboardX==2.6.5",
 ]
@@ -35,6 +36,14 @@ NOTEBOOK_REQUIRES = [
     "nbformat==5.11.1",
     "ipykernel==7.4.0",
     "jupytext==1.19.6",
+]
+
+DOCS_REQUIRES = [
+    "sphinx==9.0.4",
+    "sphinx-book-theme==1.4.0",
+    "myst-parser==5.2.0",
+    "myst-nb==1.4.0",
+    "sphinx-mathjax-offline==0.0.2",
 ]
 
 TEST_REQUIRES = (
@@ -59,6 +68,7 @@ setup(
     extras_require={
         "generation": GENERATION_REQUIRES,
         "notebooks": NOTEBOOK_REQUIRES + PLOT_REQUIRES,
+        "docs": DOCS_REQUIRES,
         "plot": PLOT_REQUIRES,
         "test": TEST_REQUIRES,
     },

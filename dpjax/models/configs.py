@@ -2,12 +2,13 @@
 
 Standard sizes: ``bert-base``, ``bert-large``, ``roberta-base``, ``roberta-large``,
 ``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``, ``distilgpt2``,
-``vit-base-patch16-224``, ``vit-large-patch16-224``, ``resnet18``, ``resnet50``; the
+``vit-base-patch16-224``, ``vit-large-patch16-224``, ``resnet18``, ``resnet50``,
+``smollm2-135m`` (SmolLM2-135M, Llama architecture) and ``llama-1b`` (Llama-3.2-1B); the
 small from-scratch CNNs ``cnn-fmnist`` (Tramer & Boneh's, grey input),
 ``cnn-fmnist-gn`` (GroupNorm after each convolution) and ``cnn-scatter`` (Tramer &
 Boneh's CNN on ``[7, 7, 81]`` ScatterNet features, :mod:`dpjax.models.scattering`).
-Tiny sizes for tests: ``bert-tiny``, ``roberta-tiny``, ``gpt2-tiny``, ``vit-tiny``,
-``resnet-tiny`` (basic blocks), ``resnet-tiny-bottleneck``.
+Tiny sizes for tests: ``bert-tiny``, ``roberta-tiny``, ``gpt2-tiny``, ``llama-tiny``,
+``vit-tiny``, ``resnet-tiny`` (basic blocks), ``resnet-tiny-bottleneck``.
 
 Example:
     >>> from dpjax.models import get_config
@@ -27,6 +28,7 @@ import numpy as np
 from dpjax.models.bert import BertConfig, BertModel
 from dpjax.models.cnn import CNN, CNNConfig
 from dpjax.models.gpt2 import GPT2Config, GPT2Model
+from dpjax.models.llama import LlamaConfig, LlamaModel
 from dpjax.models.resnet import ResNet, ResNetConfig
 from dpjax.models.vit import ViT, ViTConfig
 
@@ -41,7 +43,7 @@ __all__ = [
     "model_type",
 ]
 
-Config = BertConfig | GPT2Config | ViTConfig | ResNetConfig | CNNConfig
+Config = BertConfig | GPT2Config | LlamaConfig | ViTConfig | ResNetConfig | CNNConfig
 
 _ROBERTA = dict(
     vocab_size=50265,
@@ -70,6 +72,45 @@ CONFIGS: dict[str, Config] = {
     "gpt2-large": GPT2Config(n_embd=1280, n_layer=36, n_head=20),
     "gpt2-xl": GPT2Config(n_embd=1600, n_layer=48, n_head=25),
     "distilgpt2": GPT2Config(n_layer=6),
+    # SmolLM2-135M(-Instruct): the real weights install offline as a GGUF (dpjax.models.gguf).
+    "smollm2-135m": LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    ),
+    "llama-1b": LlamaConfig(  # Llama-3.2-1B
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        tie_word_embeddings=True,
+        bos_token_id=128000,
+        eos_token_id=128001,
+    ),
     "vit-base-patch16-224": ViTConfig(),
     "vit-large-patch16-224": ViTConfig(
         hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
@@ -120,6 +161,21 @@ CONFIGS: dict[str, Config] = {
         bos_token_id=0,
         eos_token_id=0,
     ),
+    "llama-tiny": LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    ),
     "vit-tiny": ViTConfig(
         hidden_size=16,
         num_hidden_layers=2,
@@ -141,6 +197,7 @@ _ARCH: dict[str, tuple[type, type[nn.Module]]] = {
     "bert": (BertConfig, BertModel),
     "roberta": (BertConfig, BertModel),
     "gpt2": (GPT2Config, GPT2Model),
+    "llama": (LlamaConfig, LlamaModel),
     "vit": (ViTConfig, ViT),
     "resnet": (ResNetConfig, ResNet),
     "cnn": (CNNConfig, CNN),
@@ -170,6 +227,8 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> Config:
     if kind not in _ARCH:
         raise ValueError(f"unsupported model_type {kind!r}; supported: {sorted(_ARCH)}")
     cls = _ARCH[kind][0]
+    if cls is LlamaConfig:
+        return LlamaConfig.from_hf(hf, **overrides)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: v for k, v in hf.items() if k in names}
     for key in ("hidden_sizes", "depths"):
@@ -183,6 +242,8 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> Config:
 
 def config_to_hf(config: Config) -> dict[str, Any]:
     """The ``config.json`` dict for ``config`` (HF field names plus ``model_type``)."""
+    if isinstance(config, LlamaConfig):
+        return config.to_hf()
     out = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
     out["model_type"] = model_type(config)
     return out
@@ -202,7 +263,7 @@ def create_model(
 
 def dummy_inputs(config: Config, batch: int = 1) -> np.ndarray:
     """A zero input of the right kind (token ids ``[B, 8]`` or NHWC images)."""
-    if isinstance(config, (BertConfig, GPT2Config)):
+    if isinstance(config, (BertConfig, GPT2Config, LlamaConfig)):
         return np.zeros((batch, 8), np.int32)
     if isinstance(config, ViTConfig):
         return np.zeros((batch, config.image_size, config.image_size, config.num_channels))

@@ -50,7 +50,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_HEAD_OF_MODULE = {"pooler": "pooler", "mlm_head": "mlm", "classifier": "classification"}
+_HEAD_OF_MODULE = {
+    "pooler": "pooler",
+    "mlm_head": "mlm",
+    "classifier": "classification",
+    "lm_head": "lm",
+    "score": "classification",
+}
 
 
 class CheckpointMismatchError(ValueError):
@@ -205,8 +211,8 @@ def from_pretrained(
     Args:
       directory: folder with ``config.json`` and ``model.safetensors`` (or a sharded
         ``model.safetensors.index.json``).
-      head: ``None`` (hidden states), ``"mlm"`` (BERT/RoBERTa), ``"lm"`` (GPT-2) or
-        ``"classification"`` (BERT/RoBERTa/ViT/ResNet).
+      head: ``None`` (hidden states), ``"mlm"`` (BERT/RoBERTa), ``"lm"`` (GPT-2, Llama)
+        or ``"classification"`` (BERT/RoBERTa/Llama/ViT/ResNet).
       num_labels: classes of a classification head (default: ``len(id2label)`` of the
         config, else 2).
       dtype: compute dtype; parameters are float32.

@@ -1,4 +1,4 @@
-"""KV-cached greedy and beam-search decoding for :class:`~dpjax.models.GPT2Model`.
+"""KV-cached greedy and beam-search decoding for the decoders (``GPT2Model``, ``LlamaModel``).
 
 Both run as one ``jax.jit``-compiled program per (model, shapes, settings): the prompt is
 processed once into a cache sized ``prompt + max_new_tokens``, then a
@@ -34,35 +34,54 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dpjax.models.gpt2 import GPT2Model, init_cache
+from dpjax.models import gpt2, llama
+from dpjax.models.gpt2 import GPT2Model
+from dpjax.models.llama import LlamaModel
 
 __all__ = ["TRACE_COUNTS", "beam_search", "greedy_generate"]
+
+#: The models with a KV cache that generation drives.
+Decoder = GPT2Model | LlamaModel
 
 TRACE_COUNTS: collections.Counter[str] = collections.Counter()
 _NEG = -1e9  # finite "impossible" log-probability (keeps arithmetic NaN-free)
 
 
-def _check(model: GPT2Model, input_ids: jax.Array, max_new_tokens: int) -> None:
-    if not isinstance(model, GPT2Model) or model.head != "lm":
-        raise ValueError("generation needs a GPT2Model with head='lm'")
+def _max_positions(model: Decoder) -> tuple[str, int]:
+    if isinstance(model, LlamaModel):
+        return "max_position_embeddings", model.config.max_position_embeddings
+    return "n_positions", model.config.n_positions
+
+
+def _init_cache(model: Decoder, batch: int, length: int) -> Any:
+    module = llama if isinstance(model, LlamaModel) else gpt2
+    return module.init_cache(model.config, batch, length, model.dtype)
+
+
+def _check(model: Decoder, input_ids: jax.Array, max_new_tokens: int) -> None:
+    if not isinstance(model, (GPT2Model, LlamaModel)) or model.head != "lm":
+        raise ValueError(
+            f"generation needs a GPT2Model or LlamaModel with head='lm', got "
+            f"{type(model).__name__} with head={getattr(model, 'head', None)!r}"
+        )
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be [B, P], got shape {input_ids.shape}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     total = input_ids.shape[1] + max_new_tokens
-    if total > model.config.n_positions:
+    name, limit = _max_positions(model)
+    if total > limit:
         raise ValueError(
-            f"prompt {input_ids.shape[1]} + max_new_tokens {max_new_tokens} exceeds "
-            f"n_positions={model.config.n_positions}"
+            f"prompt {input_ids.shape[1]} + max_new_tokens {max_new_tokens} exceeds {name}={limit}"
         )
 
 
 def _prefill(
-    model: GPT2Model, params: Any, input_ids: jax.Array, mask: jax.Array, max_new: int
+    model: Decoder, params: Any, input_ids: jax.Array, mask: jax.Array, max_new: int
 ) -> tuple[jax.Array, Any, jax.Array, jax.Array]:
     """Runs the prompt; returns last log-probs ``[B, V]``, cache, key mask, next position."""
     B, P = input_ids.shape
-    cache = init_cache(model.config, B, P + max_new, model.dtype)
+    cache = _init_cache(model, B, P + max_new)
     key_mask = jnp.concatenate([mask, jnp.ones((B, max_new), bool)], axis=1)
     positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
     logits, cache = model.apply(
@@ -73,7 +92,7 @@ def _prefill(
 
 
 def _step(
-    model: GPT2Model,
+    model: Decoder,
     params: Any,
     tokens: jax.Array,
     cache: Any,
@@ -94,7 +113,7 @@ def _step(
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
 def _greedy(
-    model: GPT2Model,
+    model: Decoder,
     params: Any,
     input_ids: jax.Array,
     mask: jax.Array,
@@ -126,7 +145,7 @@ def _greedy(
 
 
 def greedy_generate(
-    model: GPT2Model,
+    model: Decoder,
     params: Any,
     input_ids: jax.Array,
     attention_mask: jax.Array | None = None,
@@ -138,7 +157,7 @@ def greedy_generate(
     """Greedy decoding; returns the generated ids ``[B, max_new_tokens]``.
 
     Args:
-      model: a ``GPT2Model`` with ``head="lm"``.
+      model: a ``GPT2Model`` or ``LlamaModel`` with ``head="lm"``.
       params: its parameters.
       input_ids: left-padded prompts ``[B, P]``.
       attention_mask: ``[B, P]``, 1 for prompt tokens (default: all ones).
@@ -164,7 +183,7 @@ def _gather_beams(x: jax.Array, beam: jax.Array, B: int, K: int) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8))
 def _beam(
-    model: GPT2Model,
+    model: Decoder,
     params: Any,
     input_ids: jax.Array,
     mask: jax.Array,
@@ -222,7 +241,7 @@ def _beam(
 
 
 def beam_search(
-    model: GPT2Model,
+    model: Decoder,
     params: Any,
     input_ids: jax.Array,
     attention_mask: jax.Array | None = None,

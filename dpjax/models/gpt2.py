@@ -34,6 +34,7 @@ from dpjax.models.attention import ACTIVATIONS, activation, dot_product_attentio
 __all__ = ["GPT2Config", "GPT2Model", "KVCache", "init_cache"]
 
 HEADS = (None, "lm")
+#: One ``(keys, values)`` pair per layer, each ``[B, max_len, heads, head_dim]``.
 KVCache = tuple[tuple[jax.Array, jax.Array], ...]
 
 

@@ -11,8 +11,8 @@ The dpjax module trees mirror Hugging Face's, so most names follow one rule:
   stored ``[in, out]`` already (``"copy"``); a Conv ``kernel`` HWIO is HF's OIHW
   (``"conv"``);
 * body modules get the base-model prefix in checkpoints of models with a head
-  (``bert.``, ``roberta.``, ``transformer.``, ``vit.``, ``resnet.``); loading accepts
-  both the prefixed and the bare form.
+  (``bert.``, ``roberta.``, ``transformer.``, ``model.``, ``vit.``, ``resnet.``); loading
+  accepts both the prefixed and the bare form.
 
 Head renames (dpjax path -> HF name):
 
@@ -25,6 +25,8 @@ bert         mlm_head/output/bias     cls.predictions.bias
 bert         classifier               classifier            (after pooler.dense)
 roberta      mlm_head/*               lm_head.{dense, layer_norm, bias}
 roberta      classifier/*             classifier.{dense, out_proj}
+llama        lm_head                  lm_head               (untied embeddings only)
+llama        score                    score                 (sequence classification)
 vit          classifier               classifier
 resnet       classifier               classifier.1          (HF: Flatten, Linear)
 ===========  =======================  ============================================
@@ -35,7 +37,8 @@ Ignorable checkpoint tensors (present but not used; reported, never an error):
   BatchNorm ``running_mean`` / ``running_var`` / ``num_batches_tracked``) and the tied
   decoder copies (``cls.predictions.decoder.*``, ``lm_head.decoder.*``, GPT-2
   ``lm_head.weight``);
-* BERT's next-sentence head ``cls.seq_relationship.*``;
+* BERT's next-sentence head ``cls.seq_relationship.*``; Llama's rotary buffers
+  ``*.rotary_emb.inv_freq``;
 * heads the model was not built with: ``pooler.*``, the masked-LM head, ``classifier.*``.
 
 ResNet: Hugging Face's BatchNorm ``weight`` / ``bias`` load into GroupNorm ``scale`` /
@@ -160,6 +163,12 @@ _MAPS = {
         conv1d=frozenset({"c_attn", "c_proj", "c_fc"}),
         always_ignorable=(r"h\.\d+\.attn\.(bias|masked_bias)", r"lm_head\.weight"),
         head_patterns=(("classification", (r"score\..*",)),),
+    ),
+    "llama": NameMap(
+        prefix="model",
+        head_modules=frozenset({"lm_head", "score"}),
+        always_ignorable=(r"(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq",),
+        head_patterns=(("lm", (r"lm_head\..*",)), ("classification", (r"score\..*",))),
     ),
     "vit": NameMap(
         prefix="vit",
