@@ -23,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "ACCOUNTANTS",
+    "BIAS_ADD_METHODS",
     "CLIP_FNS",
     "DELTA_RULES",
     "ENGINES",
@@ -45,11 +46,16 @@ __all__ = [
 ]
 
 #: Training methods; the private ones add noise and are accounted.
-METHODS = ("nonprivate_full", "nonprivate_bitfit", "nonprivate_lora", "dp_full", "dp_bitfit",
-           "dp_lora", "dp_bitfit_lora", "two_phase")  # fmt: skip
-PRIVATE_METHODS = ("dp_full", "dp_bitfit", "dp_lora", "dp_bitfit_lora", "two_phase")
+METHODS = ("nonprivate_full", "nonprivate_bitfit", "nonprivate_bitfit_add", "nonprivate_lora",
+           "dp_full", "dp_bitfit", "dp_bitfit_add", "dp_lora", "dp_bitfit_lora",
+           "two_phase")  # fmt: skip
+PRIVATE_METHODS = ("dp_full", "dp_bitfit", "dp_bitfit_add", "dp_lora", "dp_bitfit_lora",
+                   "two_phase")  # fmt: skip
 #: Methods that train LoRA adapters (``dpjax.peft``; config section ``peft``).
 LORA_METHODS = ("nonprivate_lora", "dp_lora", "dp_bitfit_lora")
+#: DP-BiTFiT-Add: biases added to bias-free layers (``dpjax.peft.add_biases``), then
+#: every bias trained (config ``peft.bias_targets``).
+BIAS_ADD_METHODS = ("nonprivate_bitfit_add", "dp_bitfit_add")
 #: Per-example gradient engines of DP full fine-tuning.
 ENGINES = ("vmap", "ghost")
 OPTIMIZERS = ("adam", "sgd")

@@ -1,14 +1,22 @@
-"""A task with LoRA adapters (the ``*_lora`` methods): the one place the trainer adds them.
+"""A task with adapters (``*_lora`` and ``*_bitfit_add`` methods): the one place the
+trainer adds them.
 
 :func:`with_lora` returns a copy of a :class:`~dpjax.training.task.Task` whose params
 gain the ``params["lora"]`` subtree (:func:`dpjax.peft.lora`, initialised from a public
 seed) and whose loss and metrics run the model with the adapters. A generation hook gets
 the adapters merged into the base weights (the decoder then needs no interception).
 
+:func:`with_added_biases` does the same with zero biases on the task's bias-free layers
+(:func:`dpjax.peft.add_biases`, ``params["added_bias"]``; DP-BiTFiT-Add). Its ``merge``
+(export) puts each as a ``bias`` leaf beside its layer's kernel: the model built with
+``use_bias=True`` on those layers reproduces the trained one.
+
 Example:
     >>> from experiments.configs import toy  # doctest: +SKIP
     >>> task = with_lora(toy.build_task(toy.get_config().task), PeftSettings(targets="."),
     ...                  seed=0)  # doctest: +SKIP
+    >>> cfg = toy.get_config("dp_bitfit_add").task  # doctest: +SKIP
+    >>> task = with_added_biases(toy.build_task(cfg), PeftSettings())  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -20,10 +28,16 @@ import jax
 import numpy as np
 
 from dpjax import peft
+from dpjax.peft import biases
 from dpjax.training.settings import PeftSettings
 from dpjax.training.task import Task
 
-__all__ = ["with_lora"]
+__all__ = ["with_added_biases", "with_lora"]
+
+
+def _example(task: Task) -> dict[str, Any]:
+    """Two training rows: the shapes the adapters are discovered and merged with."""
+    return dict(task.train_data.take(np.arange(min(2, task.num_train))))
 
 
 def with_lora(task: Task, settings: PeftSettings, seed: int) -> Task:
@@ -41,7 +55,7 @@ def with_lora(task: Task, settings: PeftSettings, seed: int) -> Task:
     if peft.KEY in task.params:
         raise ValueError(f"the task's params already have a {peft.KEY!r} subtree")
     spec = peft.lora(settings.rank, settings.alpha, settings.targets)
-    example = dict(task.train_data.take(np.arange(min(2, task.num_train))))
+    example = _example(task)
     key = jax.random.fold_in(jax.random.key(seed), 0x10A)
     adapters = spec.init(key, task.loss_fn, task.params, example)
     base_loss = task.loss_fn
@@ -64,4 +78,49 @@ def with_lora(task: Task, settings: PeftSettings, seed: int) -> Task:
         generation_eval=generation,
         merge=merge,
         name=f"{task.name}+lora{settings.rank}",
+    )
+
+
+def with_added_biases(task: Task, settings: PeftSettings) -> Task:
+    """``task`` with zero biases on the bias-free layers ``settings.bias_targets`` finds.
+
+    Layers that already have a bias are skipped (logged): DP-BiTFiT-Add trains them as
+    they are. ``merge`` (export) folds each added bias into the params as a ``bias`` leaf
+    beside its layer's kernel.
+
+    Args:
+      task: the built task (its ``loss_fn`` defines the layers).
+      settings: ``bias_targets`` (``config.peft``).
+
+    Raises:
+      ValueError: the params already hold an ``"added_bias"`` subtree, the targets match
+        no bias-free layer (the message lists the layers), or the task has a generation
+        hook (its decoder runs the bias-free model without interception and would ignore
+        the added biases).
+    """
+    if biases.KEY in task.params:
+        raise ValueError(f"the task's params already have a {biases.KEY!r} subtree")
+    if task.generation_eval is not None:
+        raise ValueError(
+            f"task {task.name!r} has a generation hook: its decoder runs the bias-free model "
+            "without interception and would ignore the added biases; disable it "
+            "(task.generation.enabled=False) to train with added biases"
+        )
+    spec = peft.add_biases(settings.bias_targets)
+    example = _example(task)
+    added = spec.init(None, task.loss_fn, task.params, example)
+    base_loss, inner = task.loss_fn, task.merge
+
+    def merge(params: Any) -> Any:
+        merged = spec.merge(base_loss, params, example)
+        return merged if inner is None else inner(merged)
+
+    eval_fn = None if task.eval_fn is None else spec.apply(task.eval_fn)
+    return dataclasses.replace(
+        task,
+        params={**task.params, biases.KEY: added},
+        loss_fn=spec.apply(task.loss_fn),
+        eval_fn=eval_fn,
+        merge=merge,
+        name=f"{task.name}+bias_add",
     )

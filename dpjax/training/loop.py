@@ -38,13 +38,13 @@ from dpjax.mechanism import Mechanism, MicroStats
 from dpjax.randomness import RunSecrets
 from dpjax.train_state import TrainState
 from dpjax.training import release
-from dpjax.training.adapters import with_lora
+from dpjax.training.adapters import with_added_biases, with_lora
 from dpjax.training.checkpoint import Checkpointer, CheckpointError, base_digest, fingerprint
 from dpjax.training.epsilon_curve import EpsilonCurve
 from dpjax.training.evaluation import Evaluator
 from dpjax.training.metrics import MetricWriter
 from dpjax.training.optimizer import make_optimizer
-from dpjax.training.plan import RunPlan, make_plan, make_sampler
+from dpjax.training.plan import RunPlan, check_biases, make_plan, make_sampler
 from dpjax.training.secrets import run_secrets
 from dpjax.training.settings import ConfigError, TrainSettings
 from dpjax.training.sharding import (
@@ -57,7 +57,7 @@ from dpjax.training.sharding import (
     to_host,
 )
 from dpjax.training.task import Task, build_task
-from dpjax.validate import LORA_METHODS
+from dpjax.validate import BIAS_ADD_METHODS, LORA_METHODS
 
 __all__ = ["Hook", "Trainer", "train"]
 
@@ -108,6 +108,8 @@ class Trainer:
         self.task = task if task is not None else build_task(config.task, secrets=self.secrets)
         if s.method in LORA_METHODS:  # adapters on the task's layers (dpjax.peft)
             self.task = with_lora(self.task, s.peft, seed=s.seed)
+        if s.method in BIAS_ADD_METHODS:  # zero biases on bias-free layers (dpjax.peft)
+            self.task = with_added_biases(self.task, s.peft)
         self.mesh = make_mesh(s.mesh, devices)
         self.eval_batch_size = s.eval_batch_size or s.physical_batch_size
         procs = jax.process_count()
@@ -118,6 +120,7 @@ class Trainer:
         self.plan: RunPlan = make_plan(
             s, self.sampler, self.task.trainable_extra, self.task.prior_privacy
         )
+        check_biases(self.plan, self.task.params, s.method, self.task.name)
         self._mechanism: tuple[int, Mechanism] | None = None
         self._base_digest: str | None = None
         #: Real tokens of every training row when micro-batches are cut to their longest

@@ -27,11 +27,11 @@ from typing import Any
 from dpjax import accounting
 from dpjax.data.sampling import PoissonSampler, WithoutReplacementSampler
 from dpjax.engines import get_engine
-from dpjax.partition import Predicate, all_leaves, bias_only
+from dpjax.partition import Predicate, all_leaves, bias_only, leaf_paths
 from dpjax.peft import is_adapter
 from dpjax.training.settings import ConfigError, PrivacySettings, TrainSettings
 
-__all__ = ["Phase", "RunPlan", "make_plan", "make_sampler"]
+__all__ = ["Phase", "RunPlan", "check_biases", "make_plan", "make_sampler"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Phase:
     """A stretch of steps with one trainable set, engine and optimizer.
 
     Attributes:
-      name: ``"full"``, ``"bitfit"``, ``"lora"`` or ``"bitfit_lora"``.
+      name: ``"full"``, ``"bitfit"``, ``"bitfit_add"``, ``"lora"`` or ``"bitfit_lora"``.
       start, stop: global logical steps ``[start, stop)``.
       trainable: predicate on ``(path, leaf)``.
       engine: per-example engine for DP phases; ``None`` for non-private ones.
@@ -207,6 +207,37 @@ class RunPlan:
         return done + lo
 
 
+def check_biases(plan: RunPlan, params: Any, method: str, task: str) -> None:
+    """Checks that a plan training biases (a ``bitfit*`` phase) finds some in ``params``.
+
+    Example:
+        >>> s = TrainSettings(method="nonprivate_bitfit", batch_size=4, physical_batch_size=4,
+        ...                   steps=1)
+        >>> plan = make_plan(s, make_sampler(s, 8))
+        >>> try:
+        ...     check_biases(plan, {"dense": {"kernel": 0.0}}, s.method, "toy")
+        ... except ConfigError as e:
+        ...     print(str(e)[str(e).index("use"):][:41])
+        use method='nonprivate_bitfit_add', which
+
+    Raises:
+      ConfigError: no leaf of ``params`` is named ``bias``; the message names the method
+        and the task and points to the ``*_bitfit_add`` methods.
+    """
+    if not any(p.name.startswith("bitfit") for p in plan.phases):
+        return
+    if any(bias_only(path, None) for path in leaf_paths(params)):
+        return
+    prefix = "dp" if plan.private else "nonprivate"
+    lora = f" (or {prefix + '_lora'!r} for the adapters alone)" if "lora" in method else ""
+    raise ConfigError(
+        f"config.method={method!r} trains biases, but task {task!r} has no parameter named "
+        f"'bias' (a bias-free model, e.g. the Llama family): use method="
+        f"{prefix + '_bitfit_add'!r}{lora}, which first gives its bias-free layers "
+        "zero-initialised biases (dpjax.peft.add_biases, config.peft.bias_targets)"
+    )
+
+
 def make_sampler(
     settings: TrainSettings, n: int, seed: int | None = None
 ) -> PoissonSampler | WithoutReplacementSampler:
@@ -287,6 +318,11 @@ def make_plan(
         phases = (Phase("full", 0, total, all_leaves, settings.engine, lr),)
     elif method == "dp_bitfit":
         phases = (Phase("bitfit", 0, total, bitfit_set, "bitfit", lr),)
+    elif method in ("dp_bitfit_add", "nonprivate_bitfit_add"):
+        # The added biases (dpjax.peft.add_biases, params["added_bias"]) are leaves named
+        # "bias": the bias-only set trains them with the model's own biases.
+        engine = "bitfit" if method == "dp_bitfit_add" else None
+        phases = (Phase("bitfit_add", 0, total, bitfit_set, engine, lr),)
     elif method in ("dp_lora", "dp_bitfit_lora", "nonprivate_lora"):
         # The adapters (dpjax.peft, params["lora"]), the task's extra leaves, and for
         # dp_bitfit_lora every bias too; the config's engine covers them in one pass.

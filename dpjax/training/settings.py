@@ -7,8 +7,9 @@ and what is allowed.
 The config layout (``dpjax.training.schema.default_config()`` builds it from these
 dataclasses; ``experiments/configs/toy.py`` fills one)::
 
-    method            nonprivate_full | nonprivate_bitfit | nonprivate_lora | dp_full |
-                      dp_bitfit | dp_lora | dp_bitfit_lora | two_phase
+    method            nonprivate_full | nonprivate_bitfit | nonprivate_bitfit_add |
+                      nonprivate_lora | dp_full | dp_bitfit | dp_bitfit_add | dp_lora |
+                      dp_bitfit_lora | two_phase
     engine            per-example engine of DP full fine-tuning: vmap | ghost
     seed              int, public: non-private runs' sampler (the task builder has its own
                       seeds). Private runs draw their noise and sampling from OS entropy
@@ -22,7 +23,9 @@ dataclasses; ``experiments/configs/toy.py`` fills one)::
     epochs / steps    training length (steps wins when given)
     optimizer         name (adam|sgd), lr, schedule (constant|linear), warmup_steps, ...
     two_phase         full_epochs, full_lr, full_engine
-    peft              rank, alpha, targets (LoRA of the *_lora methods, dpjax.peft)
+    peft              rank, alpha, targets (LoRA of the *_lora methods, dpjax.peft);
+                      bias_targets (the bias-free layers that get a zero bias in the
+                      *_bitfit_add methods, dpjax.peft.add_biases)
     mesh              data, model, fsdp
     eval_every, log_every, checkpoint_every, keep_checkpoints
     trim_padding      run each micro-batch of a text task at its longest row's width
@@ -32,6 +35,7 @@ dataclasses; ``experiments/configs/toy.py`` fills one)::
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from dpjax.config_reader import cfg_get, cfg_keys
@@ -209,17 +213,34 @@ class TwoPhaseSettings:
 
 @dataclasses.dataclass(frozen=True)
 class PeftSettings:
-    """LoRA adapters of the ``*_lora`` methods (:func:`dpjax.peft.lora`)."""
+    """LoRA adapters of the ``*_lora`` methods (:func:`dpjax.peft.lora`) and the added
+    biases of the ``*_bitfit_add`` methods (:func:`dpjax.peft.add_biases`).
+
+    Example:
+      >>> PeftSettings(bias_targets="_proj$").bias_targets
+      '_proj$'
+    """
 
     rank: int = 8
     alpha: float = 16.0
     targets: str = "(query|value)$"
+    #: Regex over module paths: the bias-free Dense / DenseGeneral / Conv layers it finds
+    #: get a zero-initialised bias (default: every bias-free one).
+    bias_targets: str = "."
 
     def __post_init__(self) -> None:
         check_int("config.peft.rank", self.rank, 1)
         check_real("config.peft.alpha", self.alpha, POSITIVE)
-        if not isinstance(self.targets, str) or not self.targets:
-            raise ConfigError(f"config.peft.targets must be a regex string, got {self.targets!r}")
+        for key in ("targets", "bias_targets"):
+            value = getattr(self, key)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"config.peft.{key} must be a regex string, got {value!r}")
+        try:
+            re.compile(self.bias_targets)
+        except re.error as e:
+            raise ConfigError(
+                f"config.peft.bias_targets={self.bias_targets!r} is not a valid regex: {e}"
+            ) from e
 
 
 @dataclasses.dataclass(frozen=True)

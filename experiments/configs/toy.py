@@ -10,7 +10,9 @@ Run::
         --workdir=/tmp/toy2 --config.optimizer.lr=1e-2
 
 Variants (``toy.py:<variant>``): ``dp_full`` (default), ``dp_bitfit``, ``two_phase``,
-``nonprivate_full``, ``nonprivate_bitfit``, ``smoke`` (3 DP-BiTFiT steps at sigma=1).
+``nonprivate_full``, ``nonprivate_bitfit``, ``smoke`` (3 DP-BiTFiT steps at sigma=1),
+``dp_bitfit_add`` (DP-BiTFiT-Add: the MLP built bias-free, ``task.use_bias=False``, gets
+zero-initialised biases on its Dense layers, :func:`dpjax.peft.add_biases`).
 The DP variants calibrate sigma to epsilon=8 at delta=1/(2n) over 2 epochs (32 steps).
 """
 
@@ -28,20 +30,23 @@ from dpjax.tasks.classification import classification_task
 from dpjax.training.schema import default_config
 from dpjax.training.task import Task
 
-VARIANTS = ("dp_full", "dp_bitfit", "two_phase", "nonprivate_full", "nonprivate_bitfit", "smoke")
+VARIANTS = ("dp_full", "dp_bitfit", "two_phase", "nonprivate_full", "nonprivate_bitfit", "smoke",
+            "dp_bitfit_add")  # fmt: skip
 
 
 class ToyMLP(nn.Module):
-    """Dense -> tanh -> LayerNorm -> Dense head (biases everywhere)."""
+    """Dense -> tanh -> LayerNorm -> Dense head (biases everywhere, or nowhere)."""
 
     hidden: int = 16
     classes: int = 2
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = jnp.tanh(nn.Dense(self.hidden, name="dense1")(x))
-        x = nn.LayerNorm(name="norm")(x)
-        return nn.Dense(self.classes, name="head")(x)
+        b = self.use_bias
+        x = jnp.tanh(nn.Dense(self.hidden, use_bias=b, name="dense1")(x))
+        x = nn.LayerNorm(use_bias=b, name="norm")(x)
+        return nn.Dense(self.classes, use_bias=b, name="head")(x)
 
 
 def _synthetic(n: int, dim: int, classes: int, seed: int) -> ArrayDataset:
@@ -54,7 +59,7 @@ def _synthetic(n: int, dim: int, classes: int, seed: int) -> ArrayDataset:
 
 def build_task(cfg: ml_collections.ConfigDict) -> Task:
     """The toy task: MLP params (seeded), per-example cross-entropy, train/test splits."""
-    model = ToyMLP(cfg.hidden, cfg.classes)
+    model = ToyMLP(cfg.hidden, cfg.classes, use_bias=cfg.get("use_bias", True))
     train = _synthetic(cfg.num_train, cfg.dim, cfg.classes, cfg.data_seed)
     test = _synthetic(cfg.num_test, cfg.dim, cfg.classes, cfg.data_seed + 1)
     params = model.init(jax.random.key(cfg.init_seed), jnp.zeros((1, cfg.dim)))["params"]
@@ -93,6 +98,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
     )
     c.method = "dp_bitfit" if variant == "smoke" else variant
+    if variant == "dp_bitfit_add":
+        c.task.use_bias = False
     c.batch_size = 64
     c.physical_batch_size = 32
     c.epochs = 2.0
