@@ -9,6 +9,9 @@ Models come from :mod:`dpjax.models` (standard linen layers, random init):
 * ``vit-base`` (= ``vit-base-patch16-224``; any ViT config name): classification, 100
   labels; the fresh ``classifier`` head is trainable in BiTFiT. ``T`` is ignored (the
   image fixes it: 197 tokens at 224^2).
+* ``smollm2-135m``, ``llama-1b`` (any Llama config name): next-token LM loss like GPT-2's
+  (tied embeddings). Bias-free: its BiTFiT trainable set is empty, so the BiTFiT variants
+  use DP-BiTFiT-Add (:func:`dpjax.peft.add_biases`, see :mod:`benchmarks.variants`).
 * ``mlp``: a 2-layer MLP (784 -> 512 -> 10), the small model of the foundation section.
 
 Every workload can be built abstractly (``jax.ShapeDtypeStruct`` leaves: compile-only
@@ -82,9 +85,10 @@ class MLP(nn.Module):
 
 
 def _kind(config: Any) -> str:
-    from dpjax.models import BertConfig, GPT2Config, ViTConfig
+    from dpjax.models import BertConfig, GPT2Config, LlamaConfig, ViTConfig
 
-    for cls, kind in ((BertConfig, "bert"), (GPT2Config, "gpt2"), (ViTConfig, "vit")):
+    kinds = ((BertConfig, "bert"), (GPT2Config, "gpt2"), (LlamaConfig, "llama"), (ViTConfig, "vit"))
+    for cls, kind in kinds:
         if isinstance(config, cls):
             return kind
     raise ValueError(f"no benchmark workload for config type {type(config).__name__}")
@@ -123,18 +127,20 @@ def _build(name: str, seq_len: int, batch: int, dtype: Any) -> tuple[str, nn.Mod
             return cross_entropy(logits, b["label"])
 
         return kind, model, shapes, bert_loss
-    if kind == "gpt2":
-        if seq_len > config.n_positions:
+    if kind in ("gpt2", "llama"):
+        if kind == "gpt2" and seq_len > config.n_positions:
             config = dataclasses.replace(config, n_positions=seq_len)
+        if kind == "llama" and seq_len > config.max_position_embeddings:
+            config = dataclasses.replace(config, max_position_embeddings=seq_len)
         model = models.create_model(config, head="lm", dtype=dtype)
         shapes = {"input_ids": jax.ShapeDtypeStruct((batch, seq_len), i32)}
 
-        def gpt2_loss(params: Any, b: dict) -> jax.Array:
+        def lm_loss(params: Any, b: dict) -> jax.Array:
             ids = b["input_ids"]
             logits = model.apply({"params": params}, ids)
             return jnp.mean(cross_entropy(logits[:, :-1], ids[:, 1:]), axis=-1)
 
-        return kind, model, shapes, gpt2_loss
+        return kind, model, shapes, lm_loss
     model = models.create_model(config, head="classification", num_labels=100, dtype=dtype)
     size, ch = config.image_size, config.num_channels
     shapes = {

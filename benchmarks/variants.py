@@ -14,12 +14,17 @@ variant has the same argument bytes and differs only in what it computes and kee
   fused ``c_attn``) trained alone, non-privately or with the ``vmap`` / ``ghost`` engine;
 * ``dp_bitfit_lora``: adapters and every bias under ``ghost`` (BiTFiT-LoRA).
 
+Bias-free models (the Llama family) have no biases: there the BiTFiT variants
+(``nonprivate_bitfit``, ``dp_bitfit``, ``dp_bitfit_lora``) are DP-BiTFiT-Add, their
+biases zero-initialised inside the step by :func:`dpjax.peft.add_biases` on every Dense.
+
 The LoRA variants take the same arguments: the step builds the adapters (``B = 0``)
 inside, from the base params' shapes, and adds them as ``params["lora"]``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +45,9 @@ LORA_VARIANTS = ("nonprivate_lora", "dp_lora_vmap", "dp_lora_ghost", "dp_bitfit_
 LORA_RANK = 8
 #: The adapted layers of each workload kind (module-path regex, ``dpjax.peft``).
 LORA_TARGETS = {"bert": "(query|value)$", "vit": "(query|value)$", "gpt2": "c_attn$",
-                "mlp": "."}  # fmt: skip
+                "llama": "(q_proj|v_proj)$", "mlp": "."}  # fmt: skip
+#: Workload kinds without biases: their BiTFiT variants add them (DP-BiTFiT-Add).
+BIAS_FREE = ("llama",)
 BASELINE = "nonprivate_full"
 L2_CLIP = 0.1
 
@@ -77,6 +84,14 @@ def make_step(
     runs on finite data, but XLA's ``cost_analysis`` counts both branches (DP flops
     appear doubled) and compile time doubles. Pass ``True`` to measure the guarded step.
     """
+    if work.kind in BIAS_FREE and "bitfit" in variant:
+        return _with_added_biases(variant, work, microbatch_size, isolate_nonfinite)
+    return _make_step(variant, work, microbatch_size, isolate_nonfinite)
+
+
+def _make_step(
+    variant: str, work: Workload, microbatch_size: int | None, isolate_nonfinite: bool
+) -> Step:
     if variant in LORA_VARIANTS:
         return _lora_step(variant, work, microbatch_size)
     if variant == "nonprivate_full":
@@ -115,6 +130,21 @@ def _lora_step(variant: str, work: Workload, microbatch_size: int | None) -> Ste
     def step(params: Any, batch: Any) -> Any:
         adapters = spec.init(jax.random.key(0), work.loss_fn, params, batch)
         return inner({**params, peft.KEY: adapters}, batch)
+
+    return step
+
+
+def _with_added_biases(
+    variant: str, work: Workload, microbatch_size: int | None, isolate_nonfinite: bool
+) -> Step:
+    """``variant`` on ``work`` with zero biases added to every Dense (DP-BiTFiT-Add)."""
+    spec = peft.add_biases(".")
+    adapted = dataclasses.replace(work, loss_fn=spec.apply(work.loss_fn))
+    inner = _make_step(variant, adapted, microbatch_size, isolate_nonfinite)
+
+    def step(params: Any, batch: Any) -> Any:
+        added = spec.init(None, work.loss_fn, params, batch)
+        return inner({**params, peft.biases.KEY: added}, batch)
 
     return step
 

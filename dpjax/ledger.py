@@ -34,6 +34,8 @@ from dp_accounting.rdp import rdp_privacy_accountant
 
 from dpjax.validate import ACCOUNTANTS, RENAMED, SAMPLINGS, check_choice, check_int, check_real
 
+#: The PLD accountant's default ``value_discretization_interval`` (tight enough for epsilon
+#: to about three digits).
 DEFAULT_PLD_GRID = 1e-4
 #: Renyi orders of the RDP accountant: fine steps near 1, integers to 64, a sparse tail.
 RDP_ORDERS: tuple[float, ...] = (

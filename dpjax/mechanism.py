@@ -142,7 +142,7 @@ class Mechanism:
 
     @property
     def sensitivity(self) -> float:
-        """L2 sensitivity of one logical batch's clipped sum: ``grad_fn.sensitivity``."""
+        """The L2 sensitivity of one logical batch's clipped sum (``grad_fn.sensitivity``)."""
         return self.grad_fn.sensitivity
 
     @property

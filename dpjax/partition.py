@@ -26,7 +26,9 @@ from typing import Any
 
 import jax
 
+#: A leaf's path in a parameter tree: its dict keys, outermost first.
 Path = tuple[str, ...]
+#: A trainable-set predicate: ``(path, leaf) -> bool``.
 Predicate = Callable[[Path, Any], bool]
 
 __all__ = [
@@ -96,6 +98,9 @@ def named(*names: str, base: Predicate | None = None) -> Predicate:
             return True
         return path_to_str(path) in wanted or any(p in wanted for p in path)
 
+    shown = ", ".join(repr(n) for n in sorted(wanted))
+    extra = "" if base is None else f", or where ``{getattr(base, '__name__', base)}`` holds"
+    predicate.__doc__ = f"Predicate: leaves whose path has a component {shown}{extra}."
     return predicate
 
 

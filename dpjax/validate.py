@@ -49,6 +49,7 @@ __all__ = [
 METHODS = ("nonprivate_full", "nonprivate_bitfit", "nonprivate_bitfit_add", "nonprivate_lora",
            "dp_full", "dp_bitfit", "dp_bitfit_add", "dp_lora", "dp_bitfit_lora",
            "two_phase")  # fmt: skip
+#: The methods that add noise and are accounted.
 PRIVATE_METHODS = ("dp_full", "dp_bitfit", "dp_bitfit_add", "dp_lora", "dp_bitfit_lora",
                    "two_phase")  # fmt: skip
 #: Methods that train LoRA adapters (``dpjax.peft``; config section ``peft``).
@@ -58,14 +59,18 @@ LORA_METHODS = ("nonprivate_lora", "dp_lora", "dp_bitfit_lora")
 BIAS_ADD_METHODS = ("nonprivate_bitfit_add", "dp_bitfit_add")
 #: Per-example gradient engines of DP full fine-tuning.
 ENGINES = ("vmap", "ghost")
+#: Optimizers of the trainer's ``optimizer.name`` (DP-Adam / DP-SGD with the noise inside).
 OPTIMIZERS = ("adam", "sgd")
+#: Learning-rate schedules of ``optimizer.schedule`` (after the optional warmup).
 SCHEDULES = ("constant", "linear")
 #: How a batch is drawn, in ``dp_accounting``'s words: ``"poisson"`` (each example joins
 #: independently, ``PoissonSampledDpEvent``) or ``"without_replacement"`` (a fixed-size
 #: batch drawn afresh every step, ``SampledWithoutReplacementDpEvent``). The config's
 #: ``sampler``, the ledger's ``sampling`` and the samplers' ``accounting_kwargs`` use it.
 SAMPLINGS = ("poisson", "without_replacement")
+#: ``dp_accounting`` accountants: privacy loss distributions (default) or Renyi DP.
 ACCOUNTANTS = ("pld", "rdp")
+#: Clip functions: ``"abadi"`` ``min(1, C/||g||)`` or ``"automatic"`` ``C/(||g|| + gamma)``.
 CLIP_FNS = ("abadi", "automatic")
 #: Named rules for delta from the training set size n (see ``accounting.delta_for``).
 DELTA_RULES = ("1/(2n)", "n^-1.1")

@@ -23,7 +23,9 @@ import numpy as np
 import pytest
 
 GOLDEN = json.loads((pathlib.Path(__file__).parent / "data" / "smollm2_golden.json").read_text())
-TOL = 1e-4  # float32 end to end (HF's own float32 vs float64 gap is ~6e-5)
+TOL = 2e-4  # float32 end to end: measured 9.75e-5 here; XLA-CPU float32 matmuls err ~2x
+# torch's (residual stream ~2e4), so 1e-4 would sit on other CPUs' noise. The float64 test
+# below is the exact check: the same function to 1e-9.
 TOL64 = 1e-9  # float64 on both sides (reference rounded to 1e-11): the same function
 WHITESPACE_DIGIT = {"x  1": [104, 256, 33]}  # see the module docstring
 

@@ -158,3 +158,23 @@ def test_nonprivate_baseline_learns_and_reports_no_epsilon(task, tmp_path):
     assert res["ledger"]["segments"] == []
     assert res["eval"]["test/accuracy"] > 0.9  # synthetic data is separable
     assert math.isfinite(res["eval"]["test/loss"])
+
+
+def test_eval_at_start_reports_the_initial_parameters_metrics(task, tmp_path):
+    from dpjax.training.evaluation import Evaluator
+    from dpjax.training.settings import MeshSettings
+    from dpjax.training.sharding import make_mesh
+
+    cfg = _config("nonprivate_full", steps=3)
+    cfg.optimizer.lr, cfg.eval_at_start = 1e-1, True
+    res = _trainer(cfg, tmp_path, task).run(progress=False)
+    mesh = make_mesh(MeshSettings(), ONE)
+    oracle = Evaluator(task.eval_fn, task.eval_data, cfg.eval_batch_size, mesh)(task.params)
+    assert set(res["eval_at_start"]) == set(oracle)
+    for k, v in oracle.items():
+        assert res["eval_at_start"][k] == pytest.approx(float(v), rel=1e-6), k
+    assert res["eval_at_start"]["test/loss"] != pytest.approx(res["eval"]["test/loss"])
+    rows = read_jsonl(str(tmp_path / "metrics.jsonl"))
+    assert [r["step"] for r in rows if "eval/test/accuracy" in r] == [0, 3]
+    with pytest.raises(TypeError, match="eval_at_start"):  # the config schema types it
+        cfg.eval_at_start = "yes"

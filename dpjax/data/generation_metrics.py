@@ -9,8 +9,11 @@ number, at least one) and return a score on the 0-100 scale.
   (``rouge_score.RougeScorer(["rougeL"], use_stemmer=True).score_multi``), times 100.
 
 Example:
-    >>> bleu(["the cat sat"], [["the cat sat", "a cat sat"]])  # doctest: +SKIP
+    >>> refs = [["the cat sat on the mat", "a cat sat on a mat"]]
+    >>> round(bleu(["the cat sat on the mat"], refs), 6)
     100.0
+    >>> bleu(["the cat sat"], [["the cat sat"]])  # no 4-gram at all: BLEU is 0
+    0.0
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ class GlueTask(NamedTuple):
     splits: tuple[str, ...]
 
 
+#: The GLUE tasks dpjax loads, by TFDS config name: input format, label names, splits.
 GLUE_TASKS: dict[str, GlueTask] = {
     "sst2": GlueTask("sentence", None, ("negative", "positive"), ("train", "validation", "test")),
     "qnli": GlueTask(

@@ -34,7 +34,7 @@ __all__ = [
     "preprocess_fn",
 ]
 
-# Per-channel mean and std of the training split, on the [0, 1] scale.
+#: Per-channel mean and std of the training split, on the [0, 1] scale.
 DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
@@ -43,6 +43,7 @@ DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 NORMALIZATIONS = ("minus_one_one", "dataset", "imagenet", "zero_one")
+#: CelebA's 40 binary attributes, in the order of the label vector.
 CELEBA_ATTRIBUTES = (
     "5_o_Clock_Shadow",
     "Arched_Eyebrows",

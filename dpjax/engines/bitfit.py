@@ -82,15 +82,21 @@ def register_bias_layer(
         spans (default: the trailing axes, as in ``x @ W + b``).
       methods: the methods that add the bias.
 
-    Example::
-
-        class AddBias(nn.Module):
-            @nn.compact
-            def __call__(self, x):
-                return x + self.param("bias", nn.initializers.zeros, (x.shape[-1],))
-
-        register_bias_layer(AddBias)
-        dpjax.check_engine(loss_fn, params, batch, method="bitfit", trainable=...)
+    Example:
+        >>> import flax.linen as nn, jax, jax.numpy as jnp, dpjax
+        >>> class Shift(nn.Module):  # a layer of one's own that adds a bias
+        ...     @nn.compact
+        ...     def __call__(self, x):
+        ...         return x + self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+        >>> register_bias_layer(Shift)
+        >>> model = Shift()
+        >>> x = jnp.arange(6.0).reshape(3, 2)
+        >>> params = model.init(jax.random.key(0), x)["params"]
+        >>> loss_fn = lambda p, b: jnp.sum(model.apply({"params": p}, b["x"]) ** 2, axis=1)
+        >>> errors = dpjax.check_engine(loss_fn, params, {"x": x}, method="bitfit",
+        ...                             trainable=dpjax.bias_only, l2_clip=1.0)
+        >>> max(errors.values()) < 1e-5
+        True
     """
     register_layer(module_type, methods, bias=rule)
 

@@ -218,6 +218,7 @@ def embed_attend(call: Any, a: jax.Array, g: jax.Array, kwargs: Mapping[str, Any
 
 def _norm(feature_axes: Callable[[Any, int], tuple[int, ...]]) -> Adapter:
     def adapter(call: Any, a: jax.Array, g: jax.Array, kwargs: Mapping[str, Any]) -> Parts:
+        """A normalisation layer's per-example ``scale`` and ``bias`` gradients, explicit."""
         m = call.module
         feats = tuple(sorted(ax % a.ndim for ax in feature_axes(m, a.ndim)))
         if 0 in feats:

@@ -42,8 +42,8 @@ from dpjax.engines import ghost_layers as gl
 
 __all__ = ["LAYERS", "BiasRule", "Layer", "lookup", "register_layer", "trailing_bias"]
 
-# (module, output_shape, bias_shape) -> the output axes the bias spans, in bias order,
-# or None when this call's bias is not simply added (the leaf then goes the exact way).
+#: (module, output_shape, bias_shape) -> the output axes the bias spans, in bias order,
+#: or None when this call's bias is not simply added (the leaf then goes the exact way).
 BiasRule = Callable[[Any, tuple[int, ...], tuple[int, ...]], tuple[int, ...] | None]
 
 
@@ -98,6 +98,7 @@ class Layer:
         return self.ghost.get(method)
 
 
+#: The layer table: linen layer class -> how the tap engines handle its calls.
 LAYERS: dict[type, Layer] = {
     nn.Dense: Layer(bias=trailing_bias, ghost={"__call__": gl.dense}),
     nn.DenseGeneral: Layer(bias=_dense_general_bias, ghost={"__call__": gl.dense_general}),

@@ -18,6 +18,7 @@ from dpjax.engines.base import Engine
 
 __all__ = ["ENGINES", "get_engine", "register_engine"]
 
+#: Engine name (the ``method=`` of :func:`dpjax.clipped_grad`) -> engine function.
 ENGINES: dict[str, Engine] = {}
 
 

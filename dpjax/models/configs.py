@@ -43,6 +43,7 @@ __all__ = [
     "model_type",
 ]
 
+#: Any model configuration :func:`create_model` builds from.
 Config = BertConfig | GPT2Config | LlamaConfig | ViTConfig | ResNetConfig | CNNConfig
 
 _ROBERTA = dict(
@@ -54,6 +55,7 @@ _ROBERTA = dict(
     model_type="roberta",
 )
 
+#: The named model sizes of :func:`get_config` (real architectures and tiny test ones).
 CONFIGS: dict[str, Config] = {
     "bert-base": BertConfig(),
     "bert-large": BertConfig(

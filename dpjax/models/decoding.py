@@ -43,6 +43,8 @@ __all__ = ["TRACE_COUNTS", "beam_search", "greedy_generate"]
 #: The models with a KV cache that generation drives.
 Decoder = GPT2Model | LlamaModel
 
+#: How many times each decoding program was traced (``"greedy"`` / ``"beam"``): tests
+#: check that repeated calls with the same shapes reuse one compiled program.
 TRACE_COUNTS: collections.Counter[str] = collections.Counter()
 _NEG = -1e9  # finite "impossible" log-probability (keeps arithmetic NaN-free)
 

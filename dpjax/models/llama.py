@@ -346,6 +346,8 @@ class LlamaModel(nn.Module):
     ``[B, T]`` marks real tokens and attention is causal; with a cache (see
     :func:`init_cache`) the input is written at ``cache_index``, ``attention_mask`` is
     ``[B, L]`` over the whole buffer and the call returns ``(output, new_cache)``.
+    ``logits_at`` ``[B]`` (``head="lm"``, no cache) runs the LM head on one position per
+    row only, returning ``[B, vocab]``: the next-token logits a causal prompt reads.
     ``deterministic`` is accepted for a uniform API (Llama has no dropout).
     """
 
@@ -380,6 +382,7 @@ class LlamaModel(nn.Module):
         position_ids: jax.Array | None = None,
         cache: KVCache | None = None,
         cache_index: jax.Array | int | None = None,
+        logits_at: jax.Array | None = None,
         deterministic: bool = True,
     ) -> jax.Array | tuple[jax.Array, KVCache]:
         del deterministic
@@ -416,6 +419,9 @@ class LlamaModel(nn.Module):
             last = jnp.max(jnp.where(real, jnp.arange(T), 0), axis=1)  # last real token
             return self.score(jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0])
         if self.head == "lm":
+            if logits_at is not None:  # one position per row: [B, d] -> logits [B, vocab]
+                at = jnp.asarray(logits_at, jnp.int32)[:, None, None]
+                x = jnp.take_along_axis(x, at, axis=1)[:, 0]
             out = (
                 self.embed_tokens.attend(x) if self.config.tie_word_embeddings else self.lm_head(x)
             )

@@ -48,7 +48,9 @@ from dpjax.training.task import Task
 
 __all__ = ["FEATURES", "TFDS_SETS", "build", "load_splits", "scattered"]
 
+#: The image sets read from TFDS (the others are offline: :data:`dpjax.data.offline.IMAGE_SETS`).
 TFDS_SETS = ("cifar10", "cifar100", "celeb_a")
+#: Model inputs: the pixels, or their fixed scattering transform (no privacy cost).
 FEATURES = ("pixels", "scattering")
 _log = logging.getLogger(__name__)
 

@@ -3,15 +3,16 @@
 A task config names its model in one of two ways:
 
 * ``checkpoint_dir``: a Hugging Face folder (``config.json`` + ``model.safetensors``,
-  plus the tokenizer files for text) loaded with :func:`dpjax.models.from_pretrained`;
-  this is what real runs use.
+  plus the tokenizer files for text) loaded with :func:`dpjax.models.from_pretrained`,
+  or a Llama-family ``.gguf`` file (weights dequantised, tokenizer from its metadata)
+  loaded with :func:`dpjax.models.from_gguf`; this is what real runs use.
 * ``model``: a named configuration of :data:`dpjax.models.CONFIGS` with random weights
   (``init_seed``), for smoke runs and tests. Text models get the tokenizer's vocabulary
   size so any real tokenizer fits a tiny random encoder.
 
 Example:
     >>> from dpjax.tasks.loading import package_dir
-    >>> package_dir("json").name  # doctest: +SKIP
+    >>> package_dir("json").name
     'json'
 """
 
@@ -43,6 +44,7 @@ __all__ = [
     "roberta_like_tokenizer",
 ]
 
+#: Model dtypes by config name.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -83,14 +85,16 @@ def roberta_like_tokenizer(gpt2_dir: str) -> tokenizers.Tokenizer:
 def load_tokenizer(cfg: Any) -> tokenizers.Tokenizer:
     """Tokenizer from ``tokenizer`` (folder or ``.tiktoken`` file; ``pkg:`` paths allowed;
     ``roberta-like:<gpt2 folder>`` adds RoBERTa's specials to GPT-2's BPE, see
-    :func:`roberta_like_tokenizer`), else from ``checkpoint_dir``; ``tokenizer_kind`` forces
-    bert/roberta/gpt2."""
+    :func:`roberta_like_tokenizer`), else from ``checkpoint_dir`` (a ``.gguf`` file gives
+    the tokenizer in its metadata); ``tokenizer_kind`` forces bert/roberta/gpt2."""
     spec = cfg_get(cfg, "tokenizer")
     if spec is not None and str(spec).startswith("roberta-like:"):
         return roberta_like_tokenizer(resolve_path(str(spec)[len("roberta-like:") :]))
     where = resolve_path(spec) or resolve_path(cfg_get(cfg, "checkpoint_dir"))
     if where is None:
         raise ValueError("task config needs task.tokenizer or task.checkpoint_dir")
+    if str(where).endswith(".gguf"):  # the tokenizer stored in a GGUF file's metadata
+        return tokenizers.from_gguf(where)
     return tokenizers.from_pretrained(where, kind=cfg_get(cfg, "tokenizer_kind"))
 
 
@@ -102,7 +106,7 @@ def _text_overrides(name: str, tokenizer: Any) -> dict[str, Any]:
         # pad_token_id stays: RoBERTa offsets its position ids by it, so a large
         # tokenizer pad id would index past the position table.
         return {"vocab_size": tokenizer.vocab_size}
-    if isinstance(config, models.GPT2Config):
+    if isinstance(config, (models.GPT2Config, models.LlamaConfig)):
         return {
             "vocab_size": tokenizer.vocab_size,
             "bos_token_id": tokenizer.bos_id,
@@ -133,6 +137,9 @@ def load_model(
     overrides = dict(cfg_get(cfg, "model_overrides", {}))
     seed = int(cfg_get(cfg, "init_seed", 0))
     checkpoint = resolve_path(cfg_get(cfg, "checkpoint_dir"))
+    if checkpoint is not None and str(checkpoint).endswith(".gguf"):  # Llama family
+        return models.from_gguf(checkpoint, head, num_labels=num_labels, dtype=dtype, rng=seed,
+                                **overrides)  # fmt: skip
     if checkpoint is not None:
         return models.from_pretrained(
             checkpoint, head, num_labels=num_labels, dtype=dtype, rng=seed, **overrides

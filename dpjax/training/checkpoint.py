@@ -14,8 +14,15 @@ turns unreadable checkpoints into a :class:`CheckpointError` that says which dir
 and why.
 
 Example:
-    >>> ckpt = Checkpointer("runs/toy/checkpoints", keep=2, fingerprint="abc")  # doctest: +SKIP
-    >>> ckpt.save(state, phase=0, ledger=ledger.to_dict(), sampler=s.state_dict())  # doctest: +SKIP
+    >>> import tempfile, jax.numpy as jnp, optax, dpjax
+    >>> from dpjax.train_state import init_state
+    >>> state = init_state({"d": {"bias": jnp.zeros(2)}}, None, optax.sgd(0.1))
+    >>> ledger = dpjax.accounting.PrivacyLedger()
+    >>> ckpt = Checkpointer(tempfile.mkdtemp(), keep=2, fingerprint="abc")
+    >>> ckpt.save(state, phase=0, ledger=ledger.to_dict())
+    >>> restored, meta = ckpt.restore(state)
+    >>> ckpt.latest_step(), meta["phase"], meta["ledger"] == ledger.to_dict()
+    (0, 0, True)
 """
 
 from __future__ import annotations

@@ -19,11 +19,9 @@ Rebuilding a private run's task draws its releases (feature mean, probe) from th
 secrets in the checkpoint, so they are the same values the run used: nothing new is
 released.
 
-Example (not executed: needs a finished run)::
-
-    from dpjax.training.export import export, load
-    info = export("runs/qs", "runs/qs/export")
-    params, constants = load("runs/qs/export")
+Example: the checkpoints guide of the docs trains a toy run, exports it with
+``export(workdir, out)`` and reads it back with ``params, constants = load(out)``, as a
+doctest.
 """
 
 from __future__ import annotations

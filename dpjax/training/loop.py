@@ -275,6 +275,9 @@ class Trainer:
             total=stop, initial=start, disable=not (progress and self.is_main), desc="train"
         )
         eval_metrics: dict[str, float] = {}
+        at_start: dict[str, float] = {}
+        if s.eval_at_start and start == 0 and evaluator is not None:
+            at_start = self.evaluate(state, evaluator, 0, writer)
         done = start
         try:
             for step in range(start, stop):
@@ -316,6 +319,8 @@ class Trainer:
             writer.close()
             ckpt.close()
         results = self._results(ledger, stop, stopped, eval_metrics, time.time() - start_time)
+        if at_start:
+            results["eval_at_start"] = at_start
         self._write_results(results)
         self.state = state
         return results

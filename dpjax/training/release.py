@@ -52,6 +52,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: The warning a run logs when it writes diagnostics of the private batches.
 PRIVATE_DIAGNOSTICS_WARNING = (
     "privacy.log_private_diagnostics=True: the per-step loss, pre-clip gradient norms, "
     "clipped fraction and batch size of the PRIVATE batches are written to metrics.jsonl "

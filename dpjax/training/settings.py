@@ -28,6 +28,8 @@ dataclasses; ``experiments/configs/toy.py`` fills one)::
                       *_bitfit_add methods, dpjax.peft.add_biases)
     mesh              data, model, fsdp
     eval_every, log_every, checkpoint_every, keep_checkpoints
+    eval_at_start     also evaluate the initial parameters (step 0: e.g. a pretrained LM's
+                      zero-shot accuracy), reported as results["eval_at_start"]
     trim_padding      run each micro-batch of a text task at its longest row's width
                       (dpjax.data.lengths; the same sums, less compute)
 """
@@ -289,6 +291,7 @@ class TrainSettings:
     peft: PeftSettings = PeftSettings()
     mesh: MeshSettings = MeshSettings()
     eval_every: int = 0
+    eval_at_start: bool = False
     eval_batch_size: int | None = None
     log_every: int = 1
     checkpoint_every: int = 0
@@ -298,6 +301,7 @@ class TrainSettings:
     def __post_init__(self) -> None:
         check_choice("config.method", self.method, METHODS)
         check_bool("config.trim_padding", self.trim_padding)
+        check_bool("config.eval_at_start", self.eval_at_start)
         check_choice("config.engine", self.engine, ENGINES)
         check_int("config.seed", self.seed, 0)
         check_int("config.batch_size", self.batch_size, 1)

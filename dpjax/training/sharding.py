@@ -42,6 +42,7 @@ __all__ = [
     "to_host",
 ]
 
+#: The mesh axis names: batches are split over ``DATA``, large layers over ``MODEL``.
 DATA, MODEL = "data", "model"
 
 
@@ -68,8 +69,8 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA))
 
 
-# Leaves with fewer elements (biases, norm scales, small kernels: 64 KiB in float32) are
-# replicated under FSDP: splitting them saves little memory and costs a gather each use.
+#: Leaves with fewer elements (biases, norm scales, small kernels: 64 KiB in float32) are
+#: replicated under FSDP: splitting them saves little memory and costs a gather each use.
 FSDP_MIN_SIZE = 2**14
 
 
