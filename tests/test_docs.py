@@ -228,12 +228,6 @@ def test_page_examples(page):
 
 # Docstring examples that are not doctests run here, and where they run instead.
 NOT_RUN = {
-    # Files other changes own right now (revisit when they land).
-    "dpjax/training/loop.py": "`train` on the toy config: docs/guides/trainer.md",
-    "dpjax/training/adapters.py": "the toy trainer with adapters: tests/test_peft*.py",
-    "dpjax/models/convert.py": "a checkpoint folder: docs/guides/models.md",
-    "dpjax/data/tokenizers.py": "GPT-2 / SmolLM2 files: tests/test_tokenizers.py",
-    "dpjax/models/gguf.py": "a GGUF asset: the GGUF change's tests",
     # Prepared TFDS data, which the suite never downloads: run on TFDS mock data instead.
     "dpjax/data/glue.py": "tests/test_data_glue.py",
     "dpjax/data/tfds_source.py": "tests/test_data_glue.py",

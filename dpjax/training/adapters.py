@@ -12,11 +12,15 @@ the adapters merged into the base weights (the decoder then needs no interceptio
 ``use_bias=True`` on those layers reproduces the trained one.
 
 Example:
-    >>> from experiments.configs import toy  # doctest: +SKIP
+    >>> from experiments.configs import toy
     >>> task = with_lora(toy.build_task(toy.get_config().task), PeftSettings(targets="."),
-    ...                  seed=0)  # doctest: +SKIP
-    >>> cfg = toy.get_config("dp_bitfit_add").task  # doctest: +SKIP
-    >>> task = with_added_biases(toy.build_task(cfg), PeftSettings())  # doctest: +SKIP
+    ...                  seed=0)
+    >>> sorted(task.params["lora"])
+    ['dense1', 'head']
+    >>> cfg = toy.get_config("dp_bitfit_add").task
+    >>> task = with_added_biases(toy.build_task(cfg), PeftSettings())
+    >>> sorted(task.params["added_bias"])
+    ['dense1', 'head']
 """
 
 from __future__ import annotations

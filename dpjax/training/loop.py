@@ -11,10 +11,12 @@ A private run's noise keys and sampler seed derive from one :class:`RunSecrets`
 written anywhere else; what the run writes follows :mod:`dpjax.training.release`. A run
 that fails after training saves a checkpoint and a ``results.json`` naming the failure.
 
-Example:
-    >>> from experiments.configs import toy  # doctest: +SKIP
-    >>> results = train(toy.get_config("smoke"), "runs/toy")  # doctest: +SKIP
-    >>> results["epsilon"], results["steps"]  # doctest: +SKIP
+Example (the toy config's smoke run):
+    >>> import tempfile
+    >>> from experiments.configs import toy
+    >>> results = train(toy.get_config("smoke"), tempfile.mkdtemp(), progress=False)
+    >>> results["steps"], results["private"]
+    (3, True)
 """
 
 from __future__ import annotations
@@ -468,7 +470,9 @@ def train(
       progress: show a tqdm bar (process 0).
 
     Example:
-      >>> from experiments.configs import toy  # doctest: +SKIP
-      >>> train(toy.get_config("dp_bitfit"), "runs/toy")["epsilon"]  # doctest: +SKIP
+      >>> import tempfile
+      >>> from experiments.configs import toy
+      >>> round(train(toy.get_config("smoke"), tempfile.mkdtemp(), progress=False)["epsilon"], 1)
+      0.7
     """
     return Trainer(config, workdir, task=task).run(hooks=hooks, progress=progress)
