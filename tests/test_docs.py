@@ -204,7 +204,18 @@ def test_docstring_examples(modname):
         _run(test)
 
 
-@pytest.mark.parametrize("page", [p.relative_to(DOCS).as_posix() for p in _pages()])
+#: Pages whose examples train or trace full models (> 20 s each on 2 cores): slow-marked,
+#: so they run in the suite's second (slow) pass.
+HEAVY_PAGES = {"guides/dp_full_ghost.md", "guides/dp_lora.md", "guides/llama.md"}
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        pytest.param(name, marks=[pytest.mark.slow] if name in HEAVY_PAGES else [])
+        for name in (p.relative_to(DOCS).as_posix() for p in _pages())
+    ],
+)
 def test_page_examples(page):
     """The page's ``pycon`` blocks, in order, as one doctest (names carry over)."""
     text = (DOCS / page).read_text()

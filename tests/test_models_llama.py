@@ -209,6 +209,7 @@ def test_gqa_equals_repeated_kv_heads(x64):
 
 
 # ----------------------------------------------------------------- KV cache and generation
+@pytest.mark.slow
 def test_kv_cache_matches_full_forward_and_generation(x64):
     lm = M.LlamaModel(CFG, head="lm", dtype=F64)
     params = _f64(lm)

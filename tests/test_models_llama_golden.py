@@ -22,6 +22,8 @@ import jax
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # loads the 98 MB GGUF and runs the 135M model (~60 s)
+
 GOLDEN = json.loads((pathlib.Path(__file__).parent / "data" / "smollm2_golden.json").read_text())
 TOL = 2e-4  # float32 end to end: measured 9.75e-5 here; XLA-CPU float32 matmuls err ~2x
 # torch's (residual stream ~2e4), so 1e-4 would sit on other CPUs' noise. The float64 test
