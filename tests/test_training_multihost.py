@@ -65,9 +65,23 @@ def _wait(procs, timeout=300):
         assert p.returncode == 0, err[-4000:]
 
 
-def _final_params(workdir, results):
+#: FSDP over the 8 devices of both processes, DP full with ghost clipping; the toy's
+#: hidden layer widened so its [32, 1024] kernel is sharded (FSDP_MIN_SIZE).
+FSDP = ["--config.mesh.fsdp=True", "--config.engine=ghost", "--config.task.dim=32",
+        "--config.task.hidden=1024"]  # fmt: skip
+
+
+def _task_config(fsdp):
+    task = toy.get_config("dp_full").task
+    if fsdp:
+        task.dim, task.hidden = 32, 1024
+    return task
+
+
+def _final_params(workdir, results, fsdp=False):
     results["config"]["privacy"]["noise_seed"] = 11  # results.json shows only a note
     cfg = toy.get_config("dp_full")
+    cfg.task = _task_config(fsdp)
     trainer = Trainer(cfg, "/unused", task=toy.build_task(cfg.task), devices=jax.devices()[:1])
     ckpt = Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=2, fingerprint=fingerprint(results["config"])
@@ -78,16 +92,19 @@ def _final_params(workdir, results):
 
 
 @pytest.mark.slow
-def test_two_process_run_equals_one_process_run(tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "fsdp"])
+def test_two_process_run_equals_one_process_run(tmp_path, fsdp):
     one, two = tmp_path / "one", tmp_path / "two"
     port = _free_port()
+    extra = FSDP if fsdp else []
     multi = [
         "--num_processes=2",
         f"--coordinator_address=127.0.0.1:{port}",
+        *extra,
     ]
     procs = [_start(two, 4, [*multi, f"--process_id={i}"]) for i in range(2)]
     _wait(procs)
-    _wait([_start(one, 8)])
+    _wait([_start(one, 8, extra)])
     r1 = json.loads((one / "results.json").read_text())
     r2 = json.loads((two / "results.json").read_text())
     assert r2["devices"] == {"mesh": {"data": 8, "model": 1}, "processes": 2}
@@ -96,12 +113,12 @@ def test_two_process_run_equals_one_process_run(tmp_path):
     assert r1["epsilon"] == r2["epsilon"] and r1["noise_multiplier"] == r2["noise_multiplier"]
     for k, v in r1["eval"].items():
         assert r2["eval"][k] == pytest.approx(v, rel=1e-5, abs=1e-6)
-    p1, p2 = _final_params(str(one), r1), _final_params(str(two), r2)
+    p1, p2 = _final_params(str(one), r1, fsdp), _final_params(str(two), r2, fsdp)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), p1, p2)
     moved = jax.tree.map(
         lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
         p1,
-        jax.device_get(toy.build_task(toy.get_config().task).params),
+        jax.device_get(toy.build_task(_task_config(fsdp)).params),
     )
     assert max(jax.tree.leaves(moved)) > 1e-4
 
