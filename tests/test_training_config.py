@@ -4,7 +4,7 @@ import jax
 import pytest
 
 from dpjax.training import ConfigError, Trainer, TrainSettings
-from experiments.configs import toy
+from experiments.configs import quickstart, toy
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,16 @@ def test_bad_values_give_clear_errors(key, value, message):
     with pytest.raises(ConfigError) as err:
         TrainSettings.from_config(cfg)
     assert message in str(err.value)
+
+
+def test_gamma_with_abadi_clipping_is_an_error_unless_unset():
+    """A leftover gamma would be silently ignored; 0 (what a command line can give) unsets."""
+    cfg = quickstart.get_config()  # automatic clipping, gamma 0.01
+    cfg.privacy.clip_fn, cfg.privacy.l2_clip = "abadi", 10.0
+    with pytest.raises(ConfigError, match="--config.privacy.gamma=0 on the command line"):
+        TrainSettings.from_config(cfg)
+    cfg.privacy.gamma = 0.0
+    assert TrainSettings.from_config(cfg).privacy.gamma is None
 
 
 def test_unknown_keys_are_rejected():

@@ -159,10 +159,13 @@ class PrivacySettings:
             if self.gamma is None:
                 raise ConfigError("config.privacy.clip_fn='automatic' needs privacy.gamma > 0")
             check_real("config.privacy.gamma", self.gamma, POSITIVE)
-        elif self.gamma is not None:
+        elif self.gamma not in (None, 0):  # 0: "unset", the one value a command line can give
             raise ConfigError(
-                f"config.privacy.gamma is only used with clip_fn='automatic', got {self.gamma!r}"
+                f"config.privacy.gamma is only used with clip_fn='automatic', got {self.gamma!r}; "
+                "unset it (None in a config file, --config.privacy.gamma=0 on the command line)"
             )
+        else:
+            object.__setattr__(self, "gamma", None)
         if self.noise_multiplier is not None:
             check_real("config.privacy.noise_multiplier", self.noise_multiplier, NON_NEGATIVE)
         for k in ("target_epsilon", "max_epsilon"):
