@@ -21,7 +21,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -41,6 +41,7 @@ __all__ = [
     "named",
     "partition",
     "path_to_str",
+    "subtree_at",
     "trainable_mask",
 ]
 
@@ -102,6 +103,21 @@ def named(*names: str, base: Predicate | None = None) -> Predicate:
     extra = "" if base is None else f", or where ``{getattr(base, '__name__', base)}`` holds"
     predicate.__doc__ = f"Predicate: leaves whose path has a component {shown}{extra}."
     return predicate
+
+
+def subtree_at(tree: Any, path: tuple[str, ...]) -> Any | None:
+    """The node of nested mappings ``tree`` at the key path ``path`` (``None`` if absent).
+
+    Example:
+        >>> subtree_at({"a": {"b": {"lora_a": 1}}}, ("a", "b")), subtree_at({"a": 1}, ("a", "x"))
+        ({'lora_a': 1}, None)
+    """
+    node: Any = tree
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def trainable_mask(tree: Any, predicate: Predicate | None) -> Any:

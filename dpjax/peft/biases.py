@@ -80,7 +80,7 @@ import jax.numpy as jnp
 from dpjax.engines import taps
 from dpjax.engines.ghost_layers import ExplicitPart
 from dpjax.engines.layers import register_layer, trailing_bias
-from dpjax.partition import Predicate, _to_path, named, path_to_str
+from dpjax.partition import Predicate, _to_path, named, path_to_str, subtree_at
 
 __all__ = [
     "KEY",
@@ -172,11 +172,7 @@ def _features(module: Any, call: taps.LayerCall) -> tuple[int, ...]:
 
 
 def _lookup(tree: Mapping[str, Any], path: tuple[str, ...]) -> jax.Array | None:
-    node: Any = tree
-    for part in path:
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
+    node = subtree_at(tree, path)
     if not isinstance(node, Mapping):
         return None
     leaf = node.get("bias")

@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from dpjax.engines import taps
-from dpjax.partition import Predicate, _to_path, named, path_to_str
+from dpjax.partition import Predicate, _to_path, named, path_to_str, subtree_at
 from dpjax.validate import check_int, check_real
 
 __all__ = ["KEY", "LoRA", "Site", "is_adapter", "lora"]
@@ -93,11 +93,7 @@ def _features(module: Any) -> tuple[int, ...]:
 
 
 def _lookup(tree: Mapping[str, Any], path: tuple[str, ...]) -> Mapping[str, Any] | None:
-    node: Any = tree
-    for part in path:
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
+    node = subtree_at(tree, path)
     return node if isinstance(node, Mapping) and "lora_a" in node else None
 
 
