@@ -4,6 +4,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -99,3 +100,34 @@ def test_the_lean_backward_keeps_fewer_logits_sized_buffers():
         lean, ref = buffers(cross_entropy, value), buffers(reference, value)
         assert lean < 2.5, (value, lean)
         assert ref - lean > 0.9 + value, (value, ref, lean)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), classes=st.sampled_from([2, 6]),
+       alpha=st.sampled_from([0.05, 0.3]))  # fmt: skip
+def test_label_smoothing_equals_the_smoothed_target_cross_entropy(seed, classes, alpha):
+    """Oracle: -sum_k q_k log p_k with q = (1 - a) one_hot + a / C, in numpy float64."""
+    with jax.enable_x64(True):
+        logits, labels, w = draw(seed, (4,), classes)
+        x = np.asarray(logits)
+        logp = x - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True))
+        logp -= x.max(-1, keepdims=True)
+        q = (1 - alpha) * np.eye(classes)[np.asarray(labels)] + alpha / classes
+        want = -(q * logp).sum(-1)
+        got = classification_loss(logits, labels, alpha)
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+        grad = jax.grad(lambda z: jnp.sum(w * classification_loss(z, labels, alpha)))(logits)
+        p = np.exp(logp)
+        np.testing.assert_allclose(grad, np.asarray(w)[:, None] * (p - q), rtol=1e-9, atol=1e-12)
+
+
+def test_label_smoothing_stops_at_a_finite_margin_and_is_validated():
+    """The smoothed loss's gradient vanishes at logit gap log((1 - a + a/2) / (a/2))."""
+    alpha = 0.1
+    gap = float(np.log((1 - alpha / 2) / (alpha / 2)))
+    grad = jax.grad(lambda z: classification_loss(z, jnp.array([0]), alpha)[0])
+    np.testing.assert_allclose(grad(jnp.array([[gap, 0.0]])), 0.0, atol=1e-6)
+    assert float(grad(jnp.array([[gap + 2, 0.0]]))[0, 0]) > 0  # pulls an overconfident row back
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            classification_loss(jnp.zeros((1, 2)), jnp.array([0]), bad)

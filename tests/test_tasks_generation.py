@@ -75,3 +75,43 @@ def test_beam_search_hook():
         pytest.skip(str(e))
     out = beam_task.generation_eval(beam_task.params, 0)
     assert all(0.0 <= v <= 100.0 for v in out.values())
+
+
+def test_decoder_for_reads_merged_added_biases_like_the_intercepted_model(x64):
+    """Oracle: the bias-free Llama run under ``add_biases`` interception (what DP-BiTFiT-Add
+    trains). The merged params decode through ``decoder_for``'s biased model to the same
+    logits, also when only some layers got a bias (the others get zeros)."""
+    import jax
+    import jax.numpy as jnp
+
+    from dpjax import peft
+    from dpjax.models import LlamaModel, get_config, greedy_generate
+
+    model = LlamaModel(get_config("llama-tiny"), head="lm", dtype=jnp.float64)
+    ids = jax.random.randint(jax.random.key(0), (2, 6), 1, 200)
+    params = model.init(jax.random.key(1), ids)["params"]
+    params = jax.tree.map(lambda x: x.astype(jnp.float64), params)
+
+    def logits(p, x):
+        return model.apply({"params": p}, x)
+
+    for targets in (".", "(q_proj|up_proj)$"):
+        spec = peft.add_biases(targets)
+        added = spec.init(None, logits, params, ids)
+        keys = jax.random.split(jax.random.key(2), len(jax.tree.leaves(added)))
+        leaves = [0.3 * jax.random.normal(k, x.shape, jnp.float64)
+                  for k, x in zip(keys, jax.tree.leaves(added), strict=True)]  # fmt: skip
+        full = {**params, "added_bias": jax.tree.unflatten(
+            jax.tree.structure(added), leaves)}  # fmt: skip
+        want = spec.apply(logits)(full, ids)
+        biased, merged = generation.decoder_for(model, spec.merge(logits, full, ids))
+        assert biased.config.attention_bias and biased.config.mlp_bias
+        np.testing.assert_allclose(biased.apply({"params": merged}, ids), want, rtol=1e-10)
+        plain = logits(params, ids)
+        assert not np.allclose(plain, want)  # the biases matter
+    out = greedy_generate(biased, merged, ids, jnp.ones_like(ids), max_new_tokens=3)
+    assert out.shape == (2, 3)
+    same, p = generation.decoder_for(model, params)  # no bias leaves: unchanged
+    assert same is model and p is params
+    with pytest.raises(ValueError, match="'lm_head'"):
+        generation.decoder_for(model, {**params, "lm_head": {"bias": jnp.zeros(3)}})

@@ -25,6 +25,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from dpjax.validate import check_real
+
 
 def _f32(x: jax.Array) -> jax.Array:
     """Upcasts to at least float32 (bfloat16 -> float32; float64 stays float64)."""
@@ -113,9 +115,32 @@ def mask_hidden(hidden: jax.Array, mask_position: jax.Array) -> jax.Array:
     return hidden[jnp.arange(hidden.shape[0]), jnp.asarray(mask_position)]
 
 
-def classification_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Softmax cross-entropy per example: ``[B, C]`` logits, ``[B]`` int labels."""
-    return cross_entropy(logits, labels)
+def classification_loss(
+    logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
+) -> jax.Array:
+    """Softmax cross-entropy per example: ``[B, C]`` logits, ``[B]`` int labels.
+
+    With ``label_smoothing`` = a, the target is ``(1 - a) one_hot + a / C``: the loss is
+    ``(1 - a) CE + a mean_k(-log p_k)``, whose gradient vanishes at a finite margin. Under
+    normalised (automatic) clipping, where every example's gradient is rescaled to the
+    same norm however well it is classified, that stops well-classified examples from
+    pushing their logits apart without end.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> logits, labels = jnp.array([[2.0, 0.0]]), jnp.array([0])
+        >>> ce, uniform = cross_entropy(logits, labels), cross_entropy(logits, 1 - labels)
+        >>> bool(jnp.allclose(classification_loss(logits, labels, 0.2),
+        ...                   0.9 * ce + 0.1 * uniform))
+        True
+    """
+    label_smoothing = check_real("label_smoothing", label_smoothing, "[0, 1)")
+    loss = cross_entropy(logits, labels)
+    if label_smoothing == 0.0:
+        return loss
+    x = _f32(logits)
+    uniform = jax.nn.logsumexp(x, axis=-1) - jnp.mean(x, axis=-1)
+    return (1.0 - label_smoothing) * loss + label_smoothing * uniform
 
 
 def prompt_loss(

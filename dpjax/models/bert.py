@@ -216,10 +216,15 @@ class BertEncoder(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, deterministic: bool, all_layers: bool = False
+    ) -> jax.Array | tuple[jax.Array, ...]:
+        """The last hidden states, or with ``all_layers`` the input and every layer's."""
+        states = [x]
         for i in range(self.config.num_hidden_layers):
             x = BertLayer(self.config, self.dtype, name=f"layer_{i}")(x, mask, deterministic)
-        return x
+            states.append(x)
+        return tuple(states) if all_layers else x
 
 
 class MLMHead(nn.Module):
@@ -262,6 +267,9 @@ class BertModel(nn.Module):
         (logits ``[B, num_labels]``).
       num_labels: classes of the classification head.
       dtype: compute dtype (parameters stay float32).
+      output_hidden_states: with ``head=None``, return the embeddings' output and every
+        layer's hidden states, a tuple of ``num_hidden_layers + 1`` arrays ``[B, T, d]``
+        (Hugging Face's ``hidden_states`` order); the parameters are the same.
 
     Call: ``model.apply({"params": p}, input_ids, attention_mask=None,
     token_type_ids=None, deterministic=True)`` (``rngs={"dropout": key}`` when not
@@ -272,11 +280,14 @@ class BertModel(nn.Module):
     head: str | None = None
     num_labels: int = 2
     dtype: Any = jnp.float32
+    output_hidden_states: bool = False
 
     def setup(self) -> None:
         c = self.config
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.output_hidden_states and self.head is not None:
+            raise ValueError(f"output_hidden_states needs head=None, got head={self.head!r}")
         _positive("num_labels", self.num_labels)
         self.embeddings = BertEmbeddings(c, self.dtype)
         self.encoder = BertEncoder(c, self.dtype)
@@ -304,6 +315,8 @@ class BertModel(nn.Module):
             token_type_ids = jnp.zeros(input_ids.shape, jnp.int32)
         mask = jnp.asarray(attention_mask).astype(bool)[:, None, None, :]
         x = self.embeddings(input_ids, token_type_ids, deterministic)
+        if self.output_hidden_states:
+            return self.encoder(x, mask, deterministic, all_layers=True)
         h = self.encoder(x, mask, deterministic)
         if self.head is None:
             return h

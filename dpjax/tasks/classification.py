@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from dpjax.data.losses import classification_loss, multilabel_loss
 from dpjax.training.task import Task
+from dpjax.validate import ConfigError, check_real
 
 __all__ = ["MAX_CLASS_METRICS", "classification_task"]
 
@@ -39,6 +40,7 @@ def classification_task(
     name: str,
     label: str = "label",
     multi_label: bool = False,
+    label_smoothing: float = 0.0,
     **fields: Any,
 ) -> Task:
     """A task whose loss is the per-example cross-entropy of ``logits(params, batch)``.
@@ -57,9 +59,15 @@ def classification_task(
         ``vocab_sizes``, ...).
     """
     loss = multilabel_loss if multi_label else classification_loss
+    label_smoothing = check_real("task.label_smoothing", label_smoothing, "[0, 1)")
+    if multi_label and label_smoothing:
+        raise ConfigError(f"label_smoothing={label_smoothing!r} needs single-label classes")
 
     def loss_fn(params: Any, batch: Any) -> Any:
-        return loss(logits(params, batch), batch[label])
+        out = logits(params, batch)
+        if multi_label:
+            return loss(out, batch[label])
+        return classification_loss(out, batch[label], label_smoothing)
 
     def eval_fn(params: Any, batch: Any) -> dict[str, Any]:
         out, y = logits(params, batch), batch[label]

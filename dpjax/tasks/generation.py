@@ -1,4 +1,4 @@
-"""Task builder: table-to-text generation (E2E, DART) with GPT-2.
+"""Task builder: table-to-text generation (E2E, DART) with GPT-2 or a Llama-family decoder.
 
 ``task.builder = "dpjax.tasks.generation:build"``. Training rows are
 ``table <sep> text <eos>``; the loss is the next-token cross-entropy on the text and eos
@@ -17,14 +17,16 @@ num_tables, max_new_tokens, num_beams, length_penalty, batch_size}``.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from dpjax.config_reader import cfg_get
 from dpjax.data import generation_metrics, table2text
 from dpjax.data.losses import lm_loss
-from dpjax.models import beam_search, greedy_generate
+from dpjax.models import LlamaModel, beam_search, greedy_generate
 from dpjax.tasks.loading import (
     limit,
     load_model,
@@ -34,7 +36,7 @@ from dpjax.tasks.loading import (
 )
 from dpjax.training.task import Task
 
-__all__ = ["build", "decode_texts", "left_pad", "make_generation_eval"]
+__all__ = ["build", "decode_texts", "decoder_for", "left_pad", "make_generation_eval"]
 
 
 def left_pad(input_ids: np.ndarray, lengths: np.ndarray, pad_id: int):
@@ -59,8 +61,52 @@ def decode_texts(tokenizer: Any, generated: np.ndarray, eos_id: int | None) -> l
     return texts
 
 
+_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+_MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+def decoder_for(model: Any, params: Any) -> tuple[Any, Any]:
+    """``(model, params)`` that decode with any ``bias`` leaves merged into ``params``.
+
+    DP-BiTFiT-Add's export (:meth:`dpjax.peft.AddedBiases.merge`) puts each added bias
+    beside its layer's kernel; a bias-free Llama would ignore them. This turns on the
+    Llama config's ``attention_bias`` / ``mlp_bias`` when any such layer has one and
+    gives the others of that kind zero biases (the same function). Other models, and
+    params without such leaves, are returned as they are.
+
+    Raises:
+      ValueError: a bias sits on a Llama layer that cannot take one (``lm_head``,
+        ``score``).
+    """
+    if not isinstance(model, LlamaModel):
+        return model, params
+    c = model.config
+    kinds = {"attention_bias": ("self_attn", _ATTENTION), "mlp_bias": ("mlp", _MLP)}
+    for name in ("lm_head", "score"):
+        if "bias" in params.get(name, {}):
+            raise ValueError(f"a Llama decodes without a bias on {name!r}; do not add one there")
+    turn_on = {}
+    for flag, (block, names) in kinds.items():
+        layers = [params[f"layers_{i}"][block] for i in range(c.num_hidden_layers)]
+        if getattr(c, flag) or not any("bias" in p[n] for p in layers for n in names):
+            continue
+        turn_on[flag] = True
+        params = dict(params)
+        for i in range(c.num_hidden_layers):
+            sub = dict(params[f"layers_{i}"][block])
+            for n in names:
+                if "bias" not in sub[n]:
+                    kernel = sub[n]["kernel"]
+                    sub[n] = {**sub[n], "bias": jnp.zeros(kernel.shape[-1], kernel.dtype)}
+            params[f"layers_{i}"] = {**params[f"layers_{i}"], block: sub}
+    if not turn_on:
+        return model, params
+    return model.clone(config=dataclasses.replace(c, **turn_on)), params
+
+
 def make_generation_eval(model: Any, tokenizer: Any, prompts: Any, gen: Any):
-    """The ``generation_eval(params, step)`` hook on the prompt rows ``prompts``."""
+    """The ``generation_eval(params, step)`` hook on the prompt rows ``prompts``; merged
+    added biases in ``params`` are decoded too (:func:`decoder_for`)."""
     references = list(prompts.metadata["references"])
     ids, mask = left_pad(
         prompts.arrays["input_ids"], prompts.arrays["prompt_length"], tokenizer.pad_id
@@ -71,6 +117,7 @@ def make_generation_eval(model: Any, tokenizer: Any, prompts: Any, gen: Any):
     eos = tokenizer.eos_id
 
     def generate(params: Any, rows: slice) -> np.ndarray:
+        model_, params = decoder_for(model, params)
         chunk_ids, chunk_mask = ids[rows], mask[rows]
         real = len(chunk_ids)
         if real < batch:  # fixed shapes: one compilation
@@ -79,13 +126,13 @@ def make_generation_eval(model: Any, tokenizer: Any, prompts: Any, gen: Any):
             chunk_mask = np.concatenate([chunk_mask, np.repeat(chunk_mask[:1], fill, 0)])
         if beams > 1:
             out, _ = beam_search(
-                model, params, chunk_ids, chunk_mask, num_beams=beams, max_new_tokens=max_new,
+                model_, params, chunk_ids, chunk_mask, num_beams=beams, max_new_tokens=max_new,
                 eos_id=eos, pad_id=tokenizer.pad_id,
                 length_penalty=float(cfg_get(gen, "length_penalty", 1.0)),
             )  # fmt: skip
         else:
             out = greedy_generate(
-                model, params, chunk_ids, chunk_mask, max_new_tokens=max_new, eos_id=eos,
+                model_, params, chunk_ids, chunk_mask, max_new_tokens=max_new, eos_id=eos,
                 pad_id=tokenizer.pad_id,
             )  # fmt: skip
         return np.asarray(out)[:real]

@@ -15,7 +15,9 @@ Formats (``task.format``):
   instruction-style prompt; zero-shot accuracy is the step-0 evaluation).
 * ``"head"``: a classification head. ``task.pooling="cls"`` uses the model's own head
   (BERT pooler + classifier, RoBERTa classifier); ``"mean"`` puts a fresh ``classifier``
-  on mean-pooled hidden states (sentence encoders without an MLM head, e.g. MiniLM).
+  on mean-pooled hidden states (sentence encoders without an MLM head, e.g. MiniLM);
+  ``task.pool_layers`` (e.g. ``(1, 2, 3, 4, 5, 6)``) pools several layers' hidden states
+  and concatenates them (:class:`~dpjax.tasks.text_models.MeanPoolClassifier`).
   With ``task.center=True`` the pooled vector is centred by the mean pooled feature of
   the training set, released with the Gaussian mechanism of std
   ``task.center_noise_multiplier`` and accounted (:mod:`dpjax.tasks.feature_mean`).
@@ -24,10 +26,10 @@ Formats (``task.format``):
   accounted), so that DP-BiTFiT does not start from a head at chance.
   The head is trained alongside the biases in BiTFiT (``Task.trainable_extra``).
 
-Config keys (``task.*``): ``dataset``, ``format``, ``pooling``, ``normalize``,
+Config keys (``task.*``): ``dataset``, ``format``, ``pooling``, ``pool_layers``, ``normalize``,
 ``feature_scale``, ``center``, ``center_noise_multiplier``, ``probe_epochs``,
 ``probe_batch_size``, ``probe_lr``, ``probe_l2_clip``, ``probe_noise_multiplier``,
-``checkpoint_dir`` or
+``label_smoothing`` (the training loss's), ``checkpoint_dir`` or
 ``model`` (+ ``model_overrides``, ``init_seed``, ``dtype``), ``tokenizer``,
 ``tokenizer_kind``, ``template``, ``label_words``, ``max_length``, ``data_dir``,
 ``cache_dir``, ``split_seed``,
@@ -163,11 +165,15 @@ def _logits_fn(
     if pooling != "mean":
         raise ValueError(f"task.pooling must be 'cls' or 'mean', got {pooling!r}")
     encoder, encoder_params = load_model(cfg, None, classes, tokenizer=tokenizer, example=example)
+    layers = tuple(int(i) for i in cfg_get(cfg, "pool_layers", ()) or ())
+    if layers:
+        encoder = encoder.clone(output_hidden_states=True)
     model = MeanPoolClassifier(
         encoder,
         classes,
         bool(cfg_get(cfg, "normalize", False)),
         float(cfg_get(cfg, "feature_scale", 1.0)),
+        layers,
     )
     ones = jnp.ones(example.shape, jnp.int32)
     seed = int(cfg_get(cfg, "init_seed", 0))
@@ -200,7 +206,7 @@ def pooled_features(
     ids, mask = data.arrays["input_ids"], data.arrays["attention_mask"]
     order = np.argsort(padding.row_lengths(mask), kind="stable")
     pool = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, method="features"))
-    out = np.zeros((len(data), model.encoder.config.hidden_size), np.float32)
+    out = np.zeros((len(data), model.feature_dim), np.float32)
     starts = range(0, len(data), batch_size)
     for start in tqdm.tqdm(starts, desc="pooled features", leave=False):
         rows = order[start : start + batch_size]
@@ -266,4 +272,5 @@ def build(cfg: Any, secrets: RunSecrets | None = None) -> Task:
         **fields,
         padded_keys=tuple(k for k in TOKEN_FIELDS if k in train.arrays),
         name=f"{cfg_get(cfg, 'dataset')}-{cfg_get(cfg, 'format', 'prompt')}",
+        label_smoothing=float(cfg_get(cfg, "label_smoothing", 0.0)),
     )

@@ -63,16 +63,48 @@ class MeanPoolClassifier(nn.Module):
       feature_scale: multiplies the (normalised) pooled vector. Under DP it sets how the
         clip budget splits between the head's kernel (gradient ~ scale) and its bias
         (gradient ~ 1); ``sqrt(d)`` gives features of unit RMS.
+      layers: hidden states to pool, as indices into the encoder's ``hidden_states``
+        (0 = the embeddings' output, ``num_hidden_layers`` = the last layer; negative
+        counts from the end); the encoder must then be built with
+        ``output_hidden_states=True``. Each layer is pooled (and normalised) on its own and
+        the results are concatenated, divided by ``sqrt(len(layers))`` with ``normalize``
+        so that the whole vector keeps unit length. Empty: the last layer only.
+        Sentence encoders tuned for similarity keep more of a text's sentiment in their
+        middle layers: on Rotten Tomatoes a DP probe on MiniLM's layers 1-6 reaches
+        76.7 % against 74.4 % on the last (``benchmarks/results/bitfit_recipe/NOTES.md``).
     """
 
     encoder: nn.Module
     num_labels: int = 2
     normalize: bool = False
     feature_scale: float = 1.0
+    layers: tuple[int, ...] = ()
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the pooled vector: ``hidden_size`` times the pooled layers."""
+        return self.encoder.config.hidden_size * max(len(self.layers), 1)
 
     def features(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        """The pooled vector ``[B, d]`` (float32, unit length with ``normalize``)."""
-        return _pool(self.encoder(input_ids, attention_mask), attention_mask, self.normalize)
+        """The pooled vector ``[B, feature_dim]`` (float32, unit length with
+        ``normalize``)."""
+        return self._pooled(self.encoder(input_ids, attention_mask), attention_mask)
+
+    def _pooled(self, out: Any, attention_mask: jax.Array) -> jax.Array:
+        if not self.layers:
+            if isinstance(out, tuple):
+                raise ValueError("an encoder with output_hidden_states needs `layers` set")
+            return _pool(out, attention_mask, self.normalize)
+        if not isinstance(out, tuple):
+            raise ValueError(
+                f"layers={self.layers} needs an encoder built with output_hidden_states=True"
+            )
+        for i in self.layers:
+            if not -len(out) <= i < len(out):
+                raise ValueError(f"layer {i} out of range for {len(out)} hidden states")
+        pooled = [_pool(out[i], attention_mask, self.normalize) for i in self.layers]
+        joined = jnp.concatenate(pooled, axis=-1)
+        return joined / jnp.sqrt(len(pooled)) if self.normalize else joined
 
     @nn.compact
     def __call__(
@@ -81,15 +113,16 @@ class MeanPoolClassifier(nn.Module):
         """Class logits ``[B, num_labels]``; ``center`` ``[d]`` is subtracted from the
         pooled vector first (a constant, e.g. a private mean from
         :func:`dpjax.tasks.feature_mean.private_mean`; never trained)."""
-        h = self.encoder(input_ids, attention_mask)
-        pooled = _pool(h, attention_mask, self.normalize)
+        out = self.encoder(input_ids, attention_mask)
+        pooled = self._pooled(out, attention_mask)
         if center is not None:
             pooled = pooled - jnp.asarray(center, jnp.float32)
         pooled = pooled * self.feature_scale
         dense = nn.Dense(
             self.num_labels, kernel_init=nn.initializers.normal(0.02), name="classifier"
         )
-        return dense(pooled.astype(h.dtype))
+        dtype = (out[-1] if isinstance(out, tuple) else out).dtype
+        return dense(pooled.astype(dtype))
 
 
 def _pool(h: jax.Array, attention_mask: jax.Array, normalize: bool) -> jax.Array:

@@ -9,7 +9,9 @@ the adapters merged into the base weights (the decoder then needs no interceptio
 :func:`with_added_biases` does the same with zero biases on the task's bias-free layers
 (:func:`dpjax.peft.add_biases`, ``params["added_bias"]``; DP-BiTFiT-Add). Its ``merge``
 (export) puts each as a ``bias`` leaf beside its layer's kernel: the model built with
-``use_bias=True`` on those layers reproduces the trained one.
+``use_bias=True`` on those layers reproduces the trained one; a generation hook decodes
+from those merged params (:func:`dpjax.tasks.generation.decoder_for` turns a Llama's
+biases on).
 
 Example:
     >>> from experiments.configs import toy
@@ -97,19 +99,11 @@ def with_added_biases(task: Task, settings: PeftSettings) -> Task:
       settings: ``bias_targets`` (``config.peft``).
 
     Raises:
-      ValueError: the params already hold an ``"added_bias"`` subtree, the targets match
-        no bias-free layer (the message lists the layers), or the task has a generation
-        hook (its decoder runs the bias-free model without interception and would ignore
-        the added biases).
+      ValueError: the params already hold an ``"added_bias"`` subtree, or the targets
+        match no bias-free layer (the message lists the layers).
     """
     if biases.KEY in task.params:
         raise ValueError(f"the task's params already have a {biases.KEY!r} subtree")
-    if task.generation_eval is not None:
-        raise ValueError(
-            f"task {task.name!r} has a generation hook: its decoder runs the bias-free model "
-            "without interception and would ignore the added biases; disable it "
-            "(task.generation.enabled=False) to train with added biases"
-        )
     spec = peft.add_biases(settings.bias_targets)
     example = _example(task)
     added = spec.init(None, task.loss_fn, task.params, example)
@@ -119,12 +113,19 @@ def with_added_biases(task: Task, settings: PeftSettings) -> Task:
         merged = spec.merge(base_loss, params, example)
         return merged if inner is None else inner(merged)
 
+    generation = task.generation_eval
+    if generation is not None:  # the decoder reads the merged bias leaves (decoder_for)
+
+        def generation(params: Any, step: int, _inner: Any = task.generation_eval) -> Any:
+            return _inner(merge(params), step)
+
     eval_fn = None if task.eval_fn is None else spec.apply(task.eval_fn)
     return dataclasses.replace(
         task,
         params={**task.params, biases.KEY: added},
         loss_fn=spec.apply(task.loss_fn),
         eval_fn=eval_fn,
+        generation_eval=generation,
         merge=merge,
         name=f"{task.name}+bias_add",
     )

