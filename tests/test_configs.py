@@ -155,17 +155,20 @@ def test_quickstart_variants_differ_only_in_method():
 @pytest.mark.parametrize("method", ["dp_bitfit", "dp_full"])
 @pytest.mark.parametrize("eps", [3, 8])
 def test_text_tasks_use_the_main_jobs_recipe(dataset, method, eps):
-    """The real-task rows differ from the main job only in data, length, batch and epsilon."""
+    """The real-task rows differ from the main job only in data, length, batch, epsilon
+    and the pooled layers (their numbers were measured with the last layer's state; the
+    main job pools layers 1-6 since session 7)."""
     main = _module("quickstart").get_config(method).to_dict()
     c = _module("text_tasks").get_config(f"{dataset},{method},eps{eps}")
     assert (c.task.dataset, c.privacy.target_epsilon, c.privacy.delta) == (dataset, eps, "1/(2n)")
     assert c.batch_size == 256
     assert c.task.probe_noise_multiplier == (24.0 / eps if method == "dp_bitfit" else 0.0)
+    assert c.task.pool_layers == () and main["task"]["pool_layers"] == (1, 2, 3, 4, 5, 6)
     row = c.to_dict()
     for d in (main, row):
         for key in ("name", "description", "batch_size"):
             d.pop(key)
-        for key in ("dataset", "max_length", "probe_noise_multiplier"):
+        for key in ("dataset", "max_length", "probe_noise_multiplier", "pool_layers"):
             d["task"].pop(key)
         d["privacy"].pop("target_epsilon")
     assert row == main
