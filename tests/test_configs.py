@@ -119,6 +119,11 @@ def test_vision_paper_hyperparameters():
     assert _module("celeba").get_config("multi,dp_full,eps8").task.attribute is None
 
 
+#: The probe's settings, which differ between the rows that probe and those that do not.
+PROBE_KEYS = ("probe_epochs", "probe_noise_multiplier", "probe_optimizer", "probe_lr",
+              "probe_momentum")  # fmt: skip
+
+
 def test_quickstart_variants_differ_only_in_method():
     qs = _module("quickstart")
     configs = {v: qs.get_config(v) for v in qs.VARIANTS if v not in ("subset", "smoke")}
@@ -130,13 +135,16 @@ def test_quickstart_variants_differ_only_in_method():
     assert noise == {"dp_bitfit": 20.0, "dp_full": 20.0, "dp_lora": 20.0, "dp_bitfit_lora": 20.0,
                      "nonprivate_bitfit": 0.0, "nonprivate_full": 0.0}  # fmt: skip
     probe = {v: (c.task.probe_epochs, c.task.probe_noise_multiplier) for v, c in configs.items()}
-    assert probe == {"dp_bitfit": (30.0, 3.0), "dp_full": (0.0, 0.0), "dp_lora": (30.0, 3.0),
-                     "dp_bitfit_lora": (30.0, 3.0), "nonprivate_bitfit": (0.0, 0.0),
+    assert probe == {"dp_bitfit": (60.0, 2.5), "dp_full": (0.0, 0.0), "dp_lora": (60.0, 2.5),
+                     "dp_bitfit_lora": (60.0, 2.5), "nonprivate_bitfit": (0.0, 0.0),
                      "nonprivate_full": (0.0, 0.0)}  # fmt: skip
+    for v in ("dp_bitfit", "dp_lora", "dp_bitfit_lora"):  # DP-SGD with momentum
+        t = configs[v].task
+        assert (t.probe_optimizer, t.probe_lr, t.probe_momentum) == ("sgd", 70.0, 0.9)
     tasks = set()
     for c in configs.values():
         task = c.task.to_dict()
-        for key in ("center_noise_multiplier", "probe_epochs", "probe_noise_multiplier"):
+        for key in PROBE_KEYS + ("center_noise_multiplier",):
             task.pop(key)
         tasks.add(json.dumps(task, sort_keys=True))
     assert len(tasks) == 1  # same data, model and head in every row of the README table
@@ -155,20 +163,24 @@ def test_quickstart_variants_differ_only_in_method():
 @pytest.mark.parametrize("method", ["dp_bitfit", "dp_full"])
 @pytest.mark.parametrize("eps", [3, 8])
 def test_text_tasks_use_the_main_jobs_recipe(dataset, method, eps):
-    """The real-task rows differ from the main job only in data, length, batch, epsilon
-    and the pooled layers (their numbers were measured with the last layer's state; the
-    main job pools layers 1-6 since session 7)."""
+    """The real-task rows differ from the main job only in data, length, batch, epsilon,
+    the pooled states and the probe's length (their numbers were measured with the last
+    layer's hidden state and a 30-epoch probe; the main job pools the six layers' FFN
+    activations and probes for 60 epochs since session 8)."""
     main = _module("quickstart").get_config(method).to_dict()
     c = _module("text_tasks").get_config(f"{dataset},{method},eps{eps}")
     assert (c.task.dataset, c.privacy.target_epsilon, c.privacy.delta) == (dataset, eps, "1/(2n)")
     assert c.batch_size == 256
     assert c.task.probe_noise_multiplier == (24.0 / eps if method == "dp_bitfit" else 0.0)
     assert c.task.pool_layers == () and main["task"]["pool_layers"] == (1, 2, 3, 4, 5, 6)
+    assert (c.task.pool_source, main["task"]["pool_source"]) == ("hidden", "ffn")
+    assert c.task.probe_epochs == (30.0 if method == "dp_bitfit" else 0.0)
+    assert (c.task.probe_optimizer, c.task.probe_lr) == ("adam", 0.05)
     row = c.to_dict()
     for d in (main, row):
         for key in ("name", "description", "batch_size"):
             d.pop(key)
-        for key in ("dataset", "max_length", "probe_noise_multiplier", "pool_layers"):
+        for key in PROBE_KEYS + ("dataset", "max_length", "pool_layers", "pool_source"):
             d["task"].pop(key)
         d["privacy"].pop("target_epsilon")
     assert row == main

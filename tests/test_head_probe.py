@@ -85,6 +85,27 @@ def test_nonprivate_probe_matches_an_independent_full_batch_adam_oracle(x64):
         np.testing.assert_allclose(head[k], np.asarray(w[k]), rtol=2e-4, atol=2e-5)
 
 
+def test_nonprivate_sgd_probe_matches_an_independent_heavy_ball_oracle(x64):
+    """``optimizer="sgd"``: v <- g + m v, w <- w - lr_t v, the rate decayed linearly."""
+    x, y = _blobs(n=64, d=3)
+    s = ProbeSettings(epochs=6.0, expected_batch_size=64, lr=0.5, noise_multiplier=0.0,
+                      optimizer="sgd", momentum=0.9)  # fmt: skip
+    head, _ = private_probe(x, y, 2, s)
+    x64 = np.asarray(x, np.float64)
+    w, b = np.zeros((3, 2)), np.zeros(2)
+    vw, vb = np.zeros_like(w), np.zeros_like(b)
+    for t in range(6):
+        z = x64 @ w + b
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        r = (p - np.eye(2)[y]) / len(y)  # d mean-loss / d logits
+        vw, vb = x64.T @ r + 0.9 * vw, r.sum(0) + 0.9 * vb
+        lr = 0.5 * (1 - t / 6)
+        w, b = w - lr * vw, b - lr * vb
+    np.testing.assert_allclose(head["kernel"], w, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(head["bias"], b, rtol=2e-4, atol=2e-5)
+
+
 def test_secret_key_and_seed_reproduce_and_fresh_entropy_does_not():
     x, y = _blobs(n=300)
     s = ProbeSettings(epochs=2.0, expected_batch_size=100, noise_multiplier=1.0)
@@ -105,6 +126,10 @@ def test_bad_inputs_are_named():
         ProbeSettings(epochs=0.0)
     with pytest.raises(ValueError, match="expected_batch_size"):
         ProbeSettings(expected_batch_size=0)
+    with pytest.raises(ValueError, match="optimizer must be 'adam' or 'sgd', got 'lbfgs'"):
+        ProbeSettings(optimizer="lbfgs")
+    with pytest.raises(ValueError, match="momentum is SGD's; got momentum=0.9 with Adam"):
+        ProbeSettings(momentum=0.9)
     with pytest.raises(ValueError, match=r"labels must be \[50\] classes in \[0, 2\)"):
         private_probe(x, y + 1, 2, ProbeSettings())
     bad = x.copy()

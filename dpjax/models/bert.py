@@ -185,11 +185,16 @@ class BertLayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, deterministic: bool, return_ffn: bool = False
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """The layer's output; with ``return_ffn`` also its feed-forward activations
+        ``[B, T, intermediate_size]`` (after the activation function)."""
         c = self.config
         a = _AttentionBlock(c, self.dtype, name="attention")(x, mask, deterministic)
         h = activation(c.hidden_act)(_Intermediate(c, self.dtype, name="intermediate")(a))
-        return BertResidual(c, self.dtype, name="output")(h, a, deterministic)
+        out = BertResidual(c, self.dtype, name="output")(h, a, deterministic)
+        return (out, h) if return_ffn else out
 
 
 class _AttentionBlock(nn.Module):
@@ -217,13 +222,26 @@ class BertEncoder(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, mask: jax.Array, deterministic: bool, all_layers: bool = False
+        self,
+        x: jax.Array,
+        mask: jax.Array,
+        deterministic: bool,
+        all_layers: bool = False,
+        ffn_states: bool = False,
     ) -> jax.Array | tuple[jax.Array, ...]:
-        """The last hidden states, or with ``all_layers`` the input and every layer's."""
-        states = [x]
+        """The last hidden states; with ``all_layers`` the input and every layer's; with
+        ``ffn_states`` every layer's feed-forward activations (one per layer)."""
+        states, ffn = [x], []
         for i in range(self.config.num_hidden_layers):
-            x = BertLayer(self.config, self.dtype, name=f"layer_{i}")(x, mask, deterministic)
+            layer = BertLayer(self.config, self.dtype, name=f"layer_{i}")
+            if ffn_states:
+                x, h = layer(x, mask, deterministic, return_ffn=True)
+                ffn.append(h)
+            else:
+                x = layer(x, mask, deterministic)
             states.append(x)
+        if ffn_states:
+            return tuple(ffn)
         return tuple(states) if all_layers else x
 
 
@@ -270,6 +288,9 @@ class BertModel(nn.Module):
       output_hidden_states: with ``head=None``, return the embeddings' output and every
         layer's hidden states, a tuple of ``num_hidden_layers + 1`` arrays ``[B, T, d]``
         (Hugging Face's ``hidden_states`` order); the parameters are the same.
+      output_ffn_states: with ``head=None``, return every layer's feed-forward
+        activations (after ``hidden_act``, the input of its ``output.dense``), a tuple
+        of ``num_hidden_layers`` arrays ``[B, T, intermediate_size]``.
 
     Call: ``model.apply({"params": p}, input_ids, attention_mask=None,
     token_type_ids=None, deterministic=True)`` (``rngs={"dropout": key}`` when not
@@ -281,6 +302,7 @@ class BertModel(nn.Module):
     num_labels: int = 2
     dtype: Any = jnp.float32
     output_hidden_states: bool = False
+    output_ffn_states: bool = False
 
     def setup(self) -> None:
         c = self.config
@@ -288,6 +310,11 @@ class BertModel(nn.Module):
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.output_hidden_states and self.head is not None:
             raise ValueError(f"output_hidden_states needs head=None, got head={self.head!r}")
+        if self.output_ffn_states and (self.head is not None or self.output_hidden_states):
+            raise ValueError(
+                "output_ffn_states needs head=None and output_hidden_states=False, got "
+                f"head={self.head!r}, output_hidden_states={self.output_hidden_states}"
+            )
         _positive("num_labels", self.num_labels)
         self.embeddings = BertEmbeddings(c, self.dtype)
         self.encoder = BertEncoder(c, self.dtype)
@@ -315,8 +342,10 @@ class BertModel(nn.Module):
             token_type_ids = jnp.zeros(input_ids.shape, jnp.int32)
         mask = jnp.asarray(attention_mask).astype(bool)[:, None, None, :]
         x = self.embeddings(input_ids, token_type_ids, deterministic)
-        if self.output_hidden_states:
-            return self.encoder(x, mask, deterministic, all_layers=True)
+        if self.output_hidden_states or self.output_ffn_states:
+            return self.encoder(
+                x, mask, deterministic, all_layers=True, ffn_states=self.output_ffn_states
+            )
         h = self.encoder(x, mask, deterministic)
         if self.head is None:
             return h

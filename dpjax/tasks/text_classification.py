@@ -17,7 +17,8 @@ Formats (``task.format``):
   (BERT pooler + classifier, RoBERTa classifier); ``"mean"`` puts a fresh ``classifier``
   on mean-pooled hidden states (sentence encoders without an MLM head, e.g. MiniLM);
   ``task.pool_layers`` (e.g. ``(1, 2, 3, 4, 5, 6)``) pools several layers' hidden states
-  and concatenates them (:class:`~dpjax.tasks.text_models.MeanPoolClassifier`).
+  and concatenates them (:class:`~dpjax.tasks.text_models.MeanPoolClassifier`);
+  ``task.pool_source="ffn"`` pools those layers' feed-forward activations instead.
   With ``task.center=True`` the pooled vector is centred by the mean pooled feature of
   the training set, released with the Gaussian mechanism of std
   ``task.center_noise_multiplier`` and accounted (:mod:`dpjax.tasks.feature_mean`).
@@ -26,13 +27,13 @@ Formats (``task.format``):
   accounted), so that DP-BiTFiT does not start from a head at chance.
   The head is trained alongside the biases in BiTFiT (``Task.trainable_extra``).
 
-Config keys (``task.*``): ``dataset``, ``format``, ``pooling``, ``pool_layers``, ``normalize``,
-``feature_scale``, ``center``, ``center_noise_multiplier``, ``probe_epochs``,
-``probe_batch_size``, ``probe_lr``, ``probe_l2_clip``, ``probe_noise_multiplier``,
-``label_smoothing`` (the training loss's), ``checkpoint_dir`` or
-``model`` (+ ``model_overrides``, ``init_seed``, ``dtype``), ``tokenizer``,
-``tokenizer_kind``, ``template``, ``label_words``, ``max_length``, ``data_dir``,
-``cache_dir``, ``split_seed``,
+Config keys (``task.*``): ``dataset``, ``format``, ``pooling``, ``pool_layers``,
+``pool_source``, ``normalize``, ``feature_scale``, ``center``, ``center_noise_multiplier``,
+``probe_epochs``, ``probe_batch_size``, ``probe_lr``, ``probe_optimizer``,
+``probe_momentum``, ``probe_l2_clip``, ``probe_noise_multiplier``, ``label_smoothing``
+(the training loss's), ``checkpoint_dir`` or ``model`` (+ ``model_overrides``,
+``init_seed``, ``dtype``), ``tokenizer``, ``tokenizer_kind``, ``template``,
+``label_words``, ``max_length``, ``data_dir``, ``cache_dir``, ``split_seed``,
 ``mock_examples`` (> 0: TFDS mock data), ``train_limit``, ``eval_limit``.
 
 Example (a random ``bert-tiny`` on 64 offline training snippets):
@@ -166,7 +167,10 @@ def _logits_fn(
         raise ValueError(f"task.pooling must be 'cls' or 'mean', got {pooling!r}")
     encoder, encoder_params = load_model(cfg, None, classes, tokenizer=tokenizer, example=example)
     layers = tuple(int(i) for i in cfg_get(cfg, "pool_layers", ()) or ())
-    if layers:
+    source = str(cfg_get(cfg, "pool_source", "hidden"))
+    if source == "ffn":
+        encoder = encoder.clone(output_ffn_states=True)
+    elif layers:
         encoder = encoder.clone(output_hidden_states=True)
     model = MeanPoolClassifier(
         encoder,
@@ -174,6 +178,7 @@ def _logits_fn(
         bool(cfg_get(cfg, "normalize", False)),
         float(cfg_get(cfg, "feature_scale", 1.0)),
         layers,
+        source,
     )
     ones = jnp.ones(example.shape, jnp.int32)
     seed = int(cfg_get(cfg, "init_seed", 0))
@@ -240,6 +245,8 @@ def _center_and_probe(
             epochs=epochs,
             expected_batch_size=int(cfg_get(cfg, "probe_batch_size", 2048)),
             lr=float(cfg_get(cfg, "probe_lr", 0.05)),
+            optimizer=str(cfg_get(cfg, "probe_optimizer", "adam")),
+            momentum=float(cfg_get(cfg, "probe_momentum", 0.0)),
             l2_clip=float(cfg_get(cfg, "probe_l2_clip", 0.1)),
             noise_multiplier=float(cfg_get(cfg, "probe_noise_multiplier", 3.0)),
         )
