@@ -121,7 +121,7 @@ def test_vision_paper_hyperparameters():
 
 #: The probe's settings, which differ between the rows that probe and those that do not.
 PROBE_KEYS = ("probe_epochs", "probe_noise_multiplier", "probe_optimizer", "probe_lr",
-              "probe_momentum")  # fmt: skip
+              "probe_momentum", "probe_batch_size")  # fmt: skip
 
 
 def test_quickstart_variants_differ_only_in_method():
@@ -135,12 +135,13 @@ def test_quickstart_variants_differ_only_in_method():
     assert noise == {"dp_bitfit": 20.0, "dp_full": 20.0, "dp_lora": 20.0, "dp_bitfit_lora": 20.0,
                      "nonprivate_bitfit": 0.0, "nonprivate_full": 0.0}  # fmt: skip
     probe = {v: (c.task.probe_epochs, c.task.probe_noise_multiplier) for v, c in configs.items()}
-    assert probe == {"dp_bitfit": (60.0, 2.5), "dp_full": (0.0, 0.0), "dp_lora": (60.0, 2.5),
-                     "dp_bitfit_lora": (60.0, 2.5), "nonprivate_bitfit": (0.0, 0.0),
+    assert probe == {"dp_bitfit": (100.0, 6.8), "dp_full": (0.0, 0.0), "dp_lora": (100.0, 6.8),
+                     "dp_bitfit_lora": (100.0, 6.8), "nonprivate_bitfit": (0.0, 0.0),
                      "nonprivate_full": (0.0, 0.0)}  # fmt: skip
-    for v in ("dp_bitfit", "dp_lora", "dp_bitfit_lora"):  # DP-SGD with momentum
+    for v in ("dp_bitfit", "dp_lora", "dp_bitfit_lora"):  # full-batch DP-GD with momentum
         t = configs[v].task
-        assert (t.probe_optimizer, t.probe_lr, t.probe_momentum) == ("sgd", 70.0, 0.9)
+        assert (t.probe_optimizer, t.probe_lr, t.probe_momentum) == ("sgd", 210.0, 0.9)
+        assert t.probe_batch_size >= 10_202  # every training snippet in every step
     tasks = set()
     for c in configs.values():
         task = c.task.to_dict()
@@ -166,7 +167,7 @@ def test_text_tasks_use_the_main_jobs_recipe(dataset, method, eps):
     """The real-task rows differ from the main job only in data, length, batch, epsilon,
     the pooled states and the probe's length (their numbers were measured with the last
     layer's hidden state and a 30-epoch probe; the main job pools the six layers' FFN
-    activations and probes for 60 epochs since session 8)."""
+    activations and probes with full-batch DP-GD since session 9)."""
     main = _module("quickstart").get_config(method).to_dict()
     c = _module("text_tasks").get_config(f"{dataset},{method},eps{eps}")
     assert (c.task.dataset, c.privacy.target_epsilon, c.privacy.delta) == (dataset, eps, "1/(2n)")

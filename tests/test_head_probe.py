@@ -12,10 +12,11 @@ import pytest
 
 from dpjax import accounting
 from dpjax.data.arrays import ArrayDataset
+from dpjax.data.sampling import PoissonSampler
 from dpjax.models import BertModel, get_config
 from dpjax.randomness import RunSecrets
 from dpjax.tasks import text_classification
-from dpjax.tasks.head_probe import ProbeSettings, private_probe
+from dpjax.tasks.head_probe import ProbeSettings, _RowGather, private_probe
 from dpjax.tasks.text_models import MeanPoolClassifier
 
 
@@ -104,6 +105,46 @@ def test_nonprivate_sgd_probe_matches_an_independent_heavy_ball_oracle(x64):
         w, b = w - lr * vw, b - lr * vb
     np.testing.assert_allclose(head["kernel"], w, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(head["bias"], b, rtol=2e-4, atol=2e-5)
+
+
+def test_poisson_sgd_probe_matches_an_oracle_on_the_same_draws(x64):
+    """Rate < 1 (the device gather): sigma 0, each step the sum of the drawn rows'
+    gradients over the expected batch, as the sampler with the same seed draws them."""
+    x, y = _blobs(n=90, d=4)
+    s = ProbeSettings(epochs=4.0, expected_batch_size=30, lr=0.3, noise_multiplier=0.0,
+                      optimizer="sgd", momentum=0.5)  # fmt: skip
+    head, (seg,) = private_probe(x, y, 2, s, seed=11)
+    assert seg.steps == 12 and seg.sampling_rate == pytest.approx(1 / 3)
+    sampler = PoissonSampler(90, expected_batch_size=30, physical_batch_size=90, seed=11)
+    x64 = np.asarray(x, np.float64)
+    w, b = np.zeros((4, 2)), np.zeros(2)
+    vw, vb = np.zeros_like(w), np.zeros_like(b)
+    for t in range(12):
+        idx = sampler.draw(t)
+        assert 0 < len(idx) < 90  # a real subsample, so the gather path runs
+        z = x64[idx] @ w + b
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        r = (p - np.eye(2)[y[idx]]) / 30
+        vw, vb = x64[idx].T @ r + 0.5 * vw, r.sum(0) + 0.5 * vb
+        lr = 0.3 * (1 - t / 12)
+        w, b = w - lr * vw, b - lr * vb
+    np.testing.assert_allclose(head["kernel"], w, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(head["bias"], b, rtol=2e-4, atol=2e-5)
+
+
+def test_row_gather_is_numpy_indexing_and_the_whole_set_is_not_copied():
+    x, y = _blobs(n=20, d=3)
+    rows = _RowGather(x, y)
+    idx = np.array([3, 3, 0, 19, 7])
+    got = rows(idx)
+    np.testing.assert_array_equal(np.asarray(got["x"]), x[idx])
+    np.testing.assert_array_equal(np.asarray(got["y"]), y[idx])
+    whole = rows(np.arange(20))
+    assert whole["x"] is rows.x and whole["y"] is rows.y
+    np.testing.assert_array_equal(np.asarray(whole["x"]), x)
+    shuffled = rows(np.arange(20)[::-1])  # every row, another order: a real gather
+    np.testing.assert_array_equal(np.asarray(shuffled["x"]), x[::-1])
 
 
 def test_secret_key_and_seed_reproduce_and_fresh_entropy_does_not():

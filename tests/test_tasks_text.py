@@ -101,7 +101,7 @@ def test_quickstart_task_loads_real_minilm():
     cfg = quickstart.get_config("smoke").task
     task = text_classification.build(cfg)
     assert (task.num_train, len(task.eval_data["test"])) == (64, 16)
-    assert task.params["classifier"]["kernel"].shape == (384 * 6, 2)  # layers 1-6 pooled
+    assert task.params["classifier"]["kernel"].shape == (1536 * 6, 2)  # 6 layers FFN pooled
     assert task.trainable_extra(("classifier", "kernel"), None)
     # Pretrained weights, not a random init: MiniLM's first LayerNorm is not (1, 0).
     ln = task.params["encoder"]["embeddings"]["LayerNorm"]
