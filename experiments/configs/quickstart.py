@@ -46,14 +46,15 @@ Variants (``quickstart.py:<variant>``):
       epsilon 8, 2 epochs, lr 5e-4 (head 5e-2; measured 73.6 %)
     - ``dp_lora``: DP probe, then DP-LoRA (rank 8, alpha 16 on the attention queries
       and values, ``dpjax.peft``) + head, the DP-BiTFiT recipe otherwise, epsilon 8
-      (measured 76.2 %, median of 3 runs: 75.5, 76.2, 76.2)
+      (measured 78.3 %, one run, session 9; 76.2 % median of 3 with session 7's head)
     - ``dp_bitfit_lora``: the same with every bias trained beside the adapters (measured
       75.9 %, median of 3 runs: 75.3, 75.9, 76.1)
     - ``nonprivate_bitfit``: every bias and the head, no noise or clipping, no probe, 3
       epochs of batch 32 at 1e-3 (the non-private reference; measured 79.2 %, 20 min on
       one core)
     - ``nonprivate_full``: every parameter, no noise, no clipping, 2 epochs, lr 5e-4
-      (head 5e-3; measured 77.7 %)
+      (head 5e-3; measured 81.8 %, one run, session 9, 7 min 25 s; 77.7 % with the
+      session-3 head at length 40)
     - ``subset``: the main job on 1,536 training / 512 test snippets, 2 DP-BiTFiT steps
       of 64 rows after the probe (the suite checks it beats the majority class)
     - ``smoke``: 2 DP-BiTFiT steps of 16 rows on 64 training / 16 test snippets
