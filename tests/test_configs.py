@@ -152,12 +152,14 @@ def test_quickstart_variants_differ_only_in_method():
     assert all(c.task.center for c in configs.values())
     assert qs.get_config().method == "dp_bitfit"
     clip = {v: (c.privacy.clip_fn, c.privacy.l2_clip) for v, c in configs.items()}
-    assert clip["dp_bitfit"] == ("automatic", 1.0) and clip["dp_full"] == ("abadi", 0.1)
+    assert clip["dp_bitfit"] == ("abadi", 1.0) and clip["dp_full"] == ("abadi", 0.1)
     # the parameter-efficient rows share the DP-BiTFiT recipe; LoRA on queries and values
     for v in ("dp_lora", "dp_bitfit_lora"):
-        assert clip[v] == clip["dp_bitfit"] and configs[v].engine == "ghost"
-        assert configs[v].optimizer.lr == configs["dp_bitfit"].optimizer.lr
+        assert clip[v] == ("automatic", 1.0) and configs[v].engine == "ghost"
+        assert configs[v].optimizer.lr == 5e-3  # the MiniLM recipe's rate
         assert (configs[v].peft.rank, configs[v].peft.targets) == (8, "(query|value)$")
+    assert configs["dp_bitfit"].optimizer.lr == qs.BITFIT_LR == 1e-3
+    assert configs["dp_bitfit"].privacy.gamma == 0.0  # Abadi: no automatic-clipping gamma
 
 
 @pytest.mark.parametrize("dataset", ["sms_spam", "trec"])
@@ -184,6 +186,12 @@ def test_text_tasks_use_the_main_jobs_recipe(dataset, method, eps):
         for key in PROBE_KEYS + ("dataset", "max_length", "pool_layers", "pool_source"):
             d["task"].pop(key)
         d["privacy"].pop("target_epsilon")
+    # the main job's DP-BiTFiT phase is its own (Abadi C = 1 at 1e-3; NOTES.md, session 10)
+    if method == "dp_bitfit":
+        assert (row["optimizer"].pop("lr"), main["optimizer"].pop("lr")) == (5e-3, 1e-3)
+        clip_fns = (row["privacy"].pop("clip_fn"), main["privacy"].pop("clip_fn"))
+        assert clip_fns == ("automatic", "abadi")
+        assert (row["privacy"].pop("gamma"), main["privacy"].pop("gamma")) == (0.01, 0.0)
     assert row == main
 
 
