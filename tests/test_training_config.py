@@ -72,7 +72,7 @@ def test_bad_values_give_clear_errors(key, value, message):
 
 def test_gamma_with_abadi_clipping_is_an_error_unless_unset():
     """A leftover gamma would be silently ignored; 0 (what a command line can give) unsets."""
-    cfg = quickstart.get_config()  # automatic clipping, gamma 0.01
+    cfg = quickstart.get_config("dp_lora")  # automatic clipping, gamma 0.01
     cfg.privacy.clip_fn, cfg.privacy.l2_clip = "abadi", 10.0
     with pytest.raises(ConfigError, match="--config.privacy.gamma=0 on the command line"):
         TrainSettings.from_config(cfg)
