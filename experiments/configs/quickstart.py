@@ -55,8 +55,8 @@ Variants (``quickstart.py:<variant>``):
     - ``dp_bitfit_lora``: the same with every bias trained beside the adapters (measured
       75.9 %, median of 3 runs: 75.3, 75.9, 76.1)
     - ``nonprivate_bitfit``: every bias and the head, no noise or clipping, no probe, 3
-      epochs of batch 32 at 1e-3 (the non-private reference; measured 79.2 %, 20 min on
-      one core)
+      epochs of batch 32 at 1e-3 (the non-private reference; measured 79.9 % with this
+      head, one run, session 11, 64 min on one shared core; 79.2 % with the session-3 head)
     - ``nonprivate_full``: every parameter, no noise, no clipping, 2 epochs, lr 5e-4
       (head 5e-3; measured 81.8 %, one run, session 9, 7 min 25 s; 77.7 % with the
       session-3 head at length 40)
