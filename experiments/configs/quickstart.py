@@ -47,7 +47,8 @@ Variants (``quickstart.py:<variant>``):
 
     - ``dp_bitfit``: DP probe, then DP-BiTFiT + head, epsilon 8 (default; the main job)
     - ``dp_full``: DP full fine-tuning (ghost clipping) from a fresh head (no probe),
-      epsilon 8, 2 epochs, lr 5e-4 (head 5e-2; measured 73.6 %)
+      epsilon 8, 2 epochs, lr 5e-4 (head 5e-2; measured 69.5 % with this head, one run,
+      session 11, 29 min on two slow cores; 73.6 % with the session-3 head)
     - ``dp_lora``: DP probe, then DP-LoRA (rank 8, alpha 16 on the attention queries
       and values, ``dpjax.peft``) + head, session 9's DP-BiTFiT recipe otherwise
       (automatic clipping at 5e-3), epsilon 8
