@@ -49,6 +49,7 @@ def test_sensitivity_replay_passes_correct_and_fails_each_bug(bug):
         assert expected[bug] in " ".join(rep.failures)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bug", ("correct", *BUGS))
 def test_single_step_audit_passes_correct_and_fails_each_bug(bug):
     grad_fn, params, d, canary = harness(bug)
@@ -85,6 +86,7 @@ def test_single_step_audit_fails_a_noise_scale_of_0_8_on_any_engine():
         assert not bad.passed, bad.summary()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bug", ("correct", "no_clipping", "noise_tenth", "reused_key"))
 def test_one_run_audit_passes_correct_and_fails_strong_bugs(bug):
     """m = 1000 canaries at a claimed epsilon of 2 (the audit is weak by nature: a 0.8x
@@ -97,6 +99,7 @@ def test_one_run_audit_passes_correct_and_fails_strong_bugs(bug):
         assert res.epsilon_lower > 3.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["dp_full", "dp_bitfit", "two_phase"])
 def test_replay_trainer_on_the_real_step(variant, tmp_path):
     cfg = toy.get_config(variant)
@@ -107,6 +110,24 @@ def test_replay_trainer_on_the_real_step(variant, tmp_path):
     assert 0.9 < rep.noise_std_ratio < 1.1 and abs(rep.noise_correlation) < 0.1
     with planted.no_clipping():
         assert not audit.replay_trainer(trainer, step=0, rows=4).ok
+
+
+@pytest.mark.parametrize("excess", [0.0, 3e-4])
+def test_replay_tolerance_is_the_sums_rounding_and_no_more(excess):
+    """64 aligned unit rows (a float32 sum of norm 64): the exact mechanism passes within
+    ``rtol + 8 eps ||S|| / Delta``; one row worth ``1 + 3e-4`` -- 5x that allowance -- fails."""
+    rng = np.random.default_rng(0)
+    direction = rng.normal(size=4096)
+    rows = np.tile(direction / np.linalg.norm(direction), (64, 1)).astype(np.float32)
+    rows[0] *= 1 + excess
+    batch = {"x": rows, "mask": np.ones(64, bool)}
+
+    def sum_fn(batches):
+        return sum(jnp.sum(jnp.where(b["mask"][:, None], b["x"], 0.0), 0) for b in batches)
+
+    rep = audit.replay(sum_fn, [batch], 1.0, canaries={}, rows=1, rtol=0.0)
+    assert rep.tolerance == pytest.approx(8 * np.finfo(np.float32).eps * 64, rel=1e-3)
+    assert rep.ok == (excess == 0.0), rep.summary()
 
 
 @pytest.mark.slow

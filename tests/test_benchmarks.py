@@ -26,6 +26,7 @@ def toy_run(tmp_path_factory):
     return step_cost.run(args), out
 
 
+@pytest.mark.slow
 def test_tables_and_json_are_written(toy_run):
     results, out = toy_run
     text = (out / "tables.md").read_text()

@@ -54,6 +54,7 @@ def tap_plan(loss_fn, params, batch, trainable):
     return plan_taps(loss_fn, params, batch, leaf_paths(train), BIAS), leaf_paths(train)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "block"])
 @pytest.mark.parametrize("method", ["bitfit", VMAP])
 def test_matches_vmap_bias_only(x64, kind, method):
@@ -80,6 +81,7 @@ class Zoo(nn.Module):
         return x
 
 
+@pytest.mark.slow
 def test_conv_zoo(x64):
     model = Zoo()
     x = jax.random.normal(jax.random.key(0), (5, 6, 6, 2), jnp.float64)
@@ -106,6 +108,7 @@ class SharedTied(nn.Module):
         return emb.attend(h).mean(axis=1)  # [B, 9] logits
 
 
+@pytest.mark.slow
 def test_shared_layer_sums_before_norm(x64):
     model = SharedTied()
     ids = jax.random.randint(jax.random.key(0), (6, 5), 0, 9)
@@ -139,6 +142,7 @@ def _with_cls(dtype=jnp.float64):
     return xent(model), params, {"x": x, "y": jnp.arange(6) % 3}
 
 
+@pytest.mark.slow
 def test_fresh_head_and_cls_token_with_biases(x64):
     loss_fn, params, batch = _with_cls()
     trainable = dpjax.named("classifier", "cls", "pos", base=dpjax.bias_only)
@@ -154,6 +158,7 @@ def test_fresh_head_and_cls_token_with_biases(x64):
         )
 
 
+@pytest.mark.slow
 def test_mask_and_nan_rows(x64):
     model, params, batch = toy_models.make("block", dtype=jnp.float64)
     loss_fn = xent(model)
@@ -177,6 +182,7 @@ def test_nan_input_row_batched(x64):
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.slow
 def test_group_clipping(x64):
     model, params, batch = toy_models.make("block", dtype=jnp.float64)
     loss_fn = xent(model)
@@ -186,6 +192,7 @@ def test_group_clipping(x64):
     assert info.group_norms.shape == (6, 9)
 
 
+@pytest.mark.slow
 def test_automatic_clipping_and_microbatches(x64):
     loss_fn, params, batch = _with_cls()
     trainable = dpjax.named("classifier", base=dpjax.bias_only)
@@ -220,6 +227,7 @@ def test_bias_inside_scan_falls_back_exactly(x64):
     assert_same(loss_fn, params, batch, l2_clip=0.05, trainable=dpjax.bias_only)
 
 
+@pytest.mark.slow
 def test_bf16_model():
     model, params, batch = toy_models.make("block", dtype=jnp.bfloat16)
     loss_fn = xent(model)
@@ -258,6 +266,7 @@ class Custom(nn.Module):
         return nn.Dense(3, name="head")(self.layer(name="custom")(jnp.tanh(nn.Dense(4)(x))))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer", [ScaledBias, AddBias])
 def test_check_engine_on_custom_modules(layer):
     model = Custom(layer)
@@ -289,6 +298,7 @@ def _flops(fn, *args):
     return float(cost["flops"]), compiled.memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.slow
 def test_bitfit_step_cheaper_than_non_private_full_step():
     model = toy_models.Block(vocab=50, d=32, heads=4)
     ids = jax.random.randint(jax.random.key(0), (4, 32), 0, 50)

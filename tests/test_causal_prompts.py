@@ -25,6 +25,7 @@ def tok():
     return from_gguf(path)
 
 
+@pytest.mark.slow
 def test_causal_encoding_is_the_prompt_then_a_pad_placeholder(tok):
     t = Template("Review: {s1}\nSentiment:{mask}", ("negative", "positive"))
     texts = ["a fine film", "dull , tedious and far too long " * 8]
@@ -50,6 +51,7 @@ def test_causal_template_must_end_with_the_mask(tok):
         encode_prompts(tok, Template("{mask}: {s1}", ("a", "b")), ["x"], None, 16, causal=True)
 
 
+@pytest.mark.slow
 def test_next_token_logits_equal_the_full_forward_before_the_placeholder():
     model = models.LlamaModel(models.get_config("llama-tiny"), head="lm")
     rng = np.random.default_rng(0)

@@ -47,6 +47,7 @@ def assert_tree_close(a, b, rtol=1e-9, atol=1e-12):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "block"])
 def test_vmap_matches_naive_loop(x64, kind):
     model, params, batch = toy_models.make(kind, dtype=jnp.float64)
@@ -113,6 +114,7 @@ def test_group_clipping_errors_name_the_problem():
         )
 
 
+@pytest.mark.slow
 def test_mask_rows_contribute_nothing(x64):
     model, params, batch = toy_models.make("cnn", dtype=jnp.float64)
     loss_fn = toy_models.xent_loss(model)
@@ -125,6 +127,7 @@ def test_mask_rows_contribute_nothing(x64):
     assert int(info.num_valid) == 4
 
 
+@pytest.mark.slow
 def test_nonfinite_example_is_dropped_and_counted(x64):
     model, params, batch = toy_models.make("mlp", dtype=jnp.float64)
     loss_fn = toy_models.xent_loss(model)
@@ -212,6 +215,7 @@ def test_named_adds_leaves_to_bias_only():
     assert jax.tree.structure(back) == jax.tree.structure(params)
 
 
+@pytest.mark.slow
 def test_nonfinite_row_in_a_conv_model_does_not_poison_others(x64):
     """A batched conv kernel gradient mixes rows via nan*0; the front door isolates them."""
     model, params, batch = toy_models.make("cnn", dtype=jnp.float64)

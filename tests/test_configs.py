@@ -222,6 +222,7 @@ def _smoke_params():
         yield pytest.param(name, variant, marks=marks, id=f"{name}:{variant}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,variant", list(_smoke_params()))
 def test_smoke_variant_trains(name, variant, tmp_path):
     from dpjax import training

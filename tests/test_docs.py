@@ -194,7 +194,23 @@ def test_the_build_fails_on_a_planted_undocumented_name(tmp_path, monkeypatch):
 # -- (c) every example runs and prints what it shows -----------------------------------
 
 
-@pytest.mark.parametrize("modname", _modules_with_examples())
+#: Modules whose examples build or convert whole models (> 6 s each on 2 cores): slow.
+HEAVY_MODULES = {
+    "dpjax.models.gguf",
+    "dpjax.models.resnet",
+    "dpjax.models.convert",
+    "dpjax.models.vit",
+    "dpjax.training.loop",
+}
+
+
+@pytest.mark.parametrize(
+    "modname",
+    [
+        pytest.param(name, marks=[pytest.mark.slow] if name in HEAVY_MODULES else [])
+        for name in _modules_with_examples()
+    ],
+)
 def test_docstring_examples(modname):
     """Every ``>>>`` example of the module's docstrings (doctest, outputs compared)."""
     module = importlib.import_module(modname)
@@ -204,9 +220,18 @@ def test_docstring_examples(modname):
         _run(test)
 
 
-#: Pages whose examples train or trace full models (> 20 s each on 2 cores): slow-marked,
+#: Pages whose examples train or trace full models (> 6 s each on 2 cores): slow-marked,
 #: so they run in the suite's second (slow) pass.
-HEAVY_PAGES = {"guides/dp_full_ghost.md", "guides/dp_lora.md", "guides/llama.md"}
+HEAVY_PAGES = {
+    "guides/dp_full_ghost.md",
+    "guides/dp_lora.md",
+    "guides/llama.md",
+    "guides/dp_bitfit.md",
+    "concepts/engines.md",
+    "guides/models.md",
+    "guides/auditing.md",
+    "concepts/data_path.md",
+}
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ def lora_run(tmp_path_factory):
     return workdir, results
 
 
+@pytest.mark.slow
 def test_merged_export_predicts_like_the_adapted_model(lora_run, tmp_path):
     workdir, results = lora_run
     info = export(workdir, str(tmp_path))

@@ -46,6 +46,7 @@ def test_cnn_layers_are_all_tapped_by_ghost():
         assert entry is not None and entry.ghost, f"{kind.__name__} has no ghost adapter"
 
 
+@pytest.mark.slow
 def test_cnn_ghost_clipped_grad_equals_vmap_in_float64(x64):
     """``cnn-fmnist-gn`` holds every layer kind of the CNNs (conv, GroupNorm, dense)."""
     loss_fn, params, batch = _cnn_case("cnn-fmnist-gn")
@@ -60,6 +61,7 @@ def test_cnn_ghost_clipped_grad_equals_vmap_in_float64(x64):
     )
 
 
+@pytest.mark.slow
 def test_smoke_variant_trains_end_to_end(tmp_path):
     from dpjax import training
 

@@ -70,6 +70,7 @@ def test_bad_inputs_named():
         private_mean(lambda i: bad[i], 10, noise_multiplier=1.0, progress=False)
 
 
+@pytest.mark.slow
 def test_calibration_composes_the_prior_like_dp_accounting():
     q, steps, delta = 512 / 10202, 40, 4.9e-5
     prior = (accounting.Segment(1.0, 1.0, 1),)  # a costly prior, to move sigma visibly

@@ -154,6 +154,7 @@ def fallback_names(loss_fn, params, batch):
     return {path_to_str(paths[i]) for i in plan.direct}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["bert", "gpt2", "vit", "cnn"])
 def test_ghost_matches_vmap(x64, kind):
     """Row 1 is masked out; row 2 has a NaN (loss scale or pixel) and must be dropped."""
@@ -191,6 +192,7 @@ def test_gpt2_no_per_example_weight_gradients(x64):
     assert "7x16x8xf64" not in texts["ghost"]  # nor for fc2
 
 
+@pytest.mark.slow
 def test_group_clipping(x64):
     loss_fn, params, batch = make("vit")
     batch = without_nan_row(batch)
@@ -200,6 +202,7 @@ def test_group_clipping(x64):
     assert_same(want, got)
 
 
+@pytest.mark.slow
 def test_microbatches_and_automatic_clipping(x64):
     loss_fn, params, batch = make("bert", b=5)
     batch = without_nan_row(batch)
@@ -209,6 +212,7 @@ def test_microbatches_and_automatic_clipping(x64):
     assert_same(want, got)
 
 
+@pytest.mark.slow
 def test_partial_trainable_and_einsum_fallback(x64):
     """A frozen subset, and an nn.Einsum kernel (no ghost rule) taking the exact fallback."""
 
@@ -229,6 +233,7 @@ def test_partial_trainable_and_einsum_fallback(x64):
         assert_same(want, got)
 
 
+@pytest.mark.slow
 def test_bf16_close_to_float32_oracle():
     """bf16 compute: ghost's error w.r.t. the float32 oracle is like vmap's in bf16; norms f32."""
     loss_fn32, params, batch = make("gpt2", b=4, dtype=jnp.float32)

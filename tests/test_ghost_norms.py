@@ -126,6 +126,7 @@ CONVS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CONVS))
 def test_conv(x64, name):
     kw, shape = CONVS[name]
@@ -175,6 +176,7 @@ def test_norm_layers(x64, module):
     run_layer(module, x, adapter, names)
 
 
+@pytest.mark.slow
 def test_tied_embedding_cross_term(x64):
     """Lookup + attend on one table: the norm of the SUM of both uses, cross term included."""
     v, d, b, t = 6, 4, 4, 5
@@ -208,6 +210,7 @@ def test_tied_embedding_cross_term(x64):
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_shared_dense_two_calls(x64):
     """One kernel used at two sequence lengths: sum of both calls, cross term included."""
     k = normal((3, 4), 1)

@@ -44,6 +44,7 @@ def test_segment_is_the_probe_steps_at_its_sampling_rate():
     assert seg.sampling_rate == 1.0 and seg.steps == 3
 
 
+@pytest.mark.slow
 def test_private_probe_learns_both_classes_and_noise_scale_matters():
     x, y = _blobs(n=2000, shift=3.0)
     s = ProbeSettings(epochs=20.0, expected_batch_size=500, noise_multiplier=3.0)
@@ -65,6 +66,7 @@ def test_private_probe_learns_both_classes_and_noise_scale_matters():
     assert small > 0 and 5 < large / small < 20, (small, large)
 
 
+@pytest.mark.slow
 def test_nonprivate_probe_matches_an_independent_full_batch_adam_oracle(x64):
     """Sigma 0 and rate 1: every step is plain Adam on the mean loss of all rows."""
     x, y = _blobs(n=64, d=3)
@@ -189,6 +191,7 @@ def _tiny_text_data(n=40, t=24, seed=0):
     return ArrayDataset(arrays, num_classes=2)
 
 
+@pytest.mark.slow
 def test_length_sorted_feature_pass_equals_the_padded_forward():
     data = _tiny_text_data()
     model = MeanPoolClassifier(BertModel(get_config("bert-tiny")), 2, normalize=True)
@@ -199,6 +202,7 @@ def test_length_sorted_feature_pass_equals_the_padded_forward():
     np.testing.assert_allclose(got, np.asarray(want), rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_task_probe_starts_the_head_and_is_accounted(monkeypatch):
     data = _tiny_text_data(n=64)
     monkeypatch.setattr(text_classification, "load_splits", lambda cfg, tok: (data, data))

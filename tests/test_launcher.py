@@ -20,6 +20,7 @@ def _launch(*args, timeout=300, devices=1):
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_smoke_run_with_overrides(tmp_path):
     out = _launch(f"--config={TOY}:smoke", f"--workdir={tmp_path}", "--config.optimizer.lr=0.02")
     assert out.returncode == 0, out.stderr[-3000:]

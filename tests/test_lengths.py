@@ -116,6 +116,7 @@ def _trainer(task, method, engine, trim, sigma=1.0):
     return Trainer(c, "/unused", task=task, devices=jax.devices()[:1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("method", "engine"), [("dp_full", "vmap"), ("dp_full", "ghost"), ("dp_bitfit", "ghost")]
 )
@@ -128,6 +129,7 @@ def test_cut_micro_batches_train_exactly_like_padded_ones(text_task, method, eng
     assert_trees_close(a.params, b.params, rtol=2e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_cut_through_real_tokens_is_caught(text_task, monkeypatch):
     """Planted bug: micro-batches cut 8 tokens short (through real tokens wherever the
     longest row has more than 8; on the same 8-token grid, so no extra compiles) change

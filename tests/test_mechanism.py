@@ -158,6 +158,7 @@ def test_bad_mechanisms_are_refused():
         mech.logical_step(mech.init(PARAMS), [])
 
 
+@pytest.mark.slow
 def test_per_layer_clipping_from_config_clips_and_noises_through_the_trainer(tmp_path):
     """privacy.l2_clip={group: C_k}: the trainer's clipped sum clips each group to C_k
     (float64 vmap(grad) oracle; check_engine agrees) and its noise std is

@@ -51,6 +51,7 @@ def test_roberta_position_ids_follow_hf_padding_rule():
     assert position_ids(ids, bert).tolist() == [[0, 1, 2, 3, 4]] * 2
 
 
+@pytest.mark.slow
 def test_roberta_left_padding_does_not_change_real_tokens():
     cfg = M.get_config("roberta-tiny")
     model = M.BertModel(cfg)

@@ -77,6 +77,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "head"), CASES)
 def test_vmap_clipped_sum_matches_float64_loop(x64, name, head):
     loss_fn, params, batch = _case(name, head)

@@ -119,6 +119,7 @@ def test_mismatch_errors(tmp_path):
     assert len(e.mis_shaped) == 1 and "h_0/attn/c_attn/kernel" in e.mis_shaped[0]
 
 
+@pytest.mark.slow
 def test_padding_and_positions():
     model = M.GPT2Model(CFG, head="lm")
     ids = np.array([[5, 6, 7, 8]])

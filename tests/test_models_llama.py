@@ -115,6 +115,7 @@ def test_hf_layout_matches_numpy_llama(x64, tmp_path, tied):
     np.testing.assert_allclose(out, _numpy_llama(tensors, IDS, cfg), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_heads_padding_and_causality(x64):
     lm = M.LlamaModel(CFG, head="lm", dtype=F64)
     params = _f64(lm)
@@ -243,6 +244,7 @@ def test_kv_cache_matches_full_forward_and_generation(x64):
 
 
 # ----------------------------------------------------------------- checkpoints
+@pytest.mark.slow
 @pytest.mark.parametrize("tied", [True, False])
 def test_safetensors_round_trip(tmp_path, tied):
     cfg = M.get_config("llama-tiny", tie_word_embeddings=tied)
@@ -499,6 +501,7 @@ def _assert_same(want, got, rtol=1e-8):
     assert float(iv.norms[2]) == 0.0 and int(iv.num_clipped) > 0
 
 
+@pytest.mark.slow
 def test_ghost_equals_vmap(x64):
     """Tied embeddings (lookup + attend), GQA, RMSNorm scales, a padded and a masked row."""
     loss_fn, params, batch = _lm_case(CFG)
@@ -508,6 +511,7 @@ def test_ghost_equals_vmap(x64):
     _assert_same(*_both(loss_fn, params, batch, l2_clip=0.5))
 
 
+@pytest.mark.slow
 def test_biases_untied_head_ghost_and_bitfit_equal_vmap(x64):
     cfg = M.get_config("llama-tiny", attention_bias=True, mlp_bias=True, tie_word_embeddings=False)
     loss_fn, params, batch = _lm_case(cfg)
@@ -516,6 +520,7 @@ def test_biases_untied_head_ghost_and_bitfit_equal_vmap(x64):
     _assert_same(*_both(loss_fn, params, batch, "bitfit", l2_clip=0.05, trainable=dpjax.bias_only))
 
 
+@pytest.mark.slow
 def test_lora_ghost_equals_vmap(x64):
     loss_fn, params, batch = _lm_case(CFG)
     spec = peft.lora(rank=2, alpha=4.0, targets="(q_proj|v_proj)$")

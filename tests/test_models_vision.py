@@ -43,6 +43,7 @@ def _round_trip(tmp_path, model, x, seed=1):
     return params, load_file(str(tmp_path / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_vit_round_trip_and_hf_layout(tmp_path):
     cfg = M.get_config("vit-tiny")
     model = M.ViT(cfg, head="classification", num_labels=5)
@@ -93,6 +94,7 @@ def test_vit_hidden_states_and_examples_do_not_mix():
     np.testing.assert_allclose(model.apply({"params": params}, x2)[0], out[0], atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet-tiny", "resnet-tiny-bottleneck"])
 def test_resnet_round_trip_and_hf_layout(tmp_path, name):
     cfg = M.get_config(name)

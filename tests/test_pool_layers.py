@@ -32,6 +32,7 @@ def _truncated(params, k):
     return model, {**params, "encoder": enc}
 
 
+@pytest.mark.slow
 def test_hidden_states_equal_truncated_models(x64):
     ids, att = _inputs()
     full = BertModel(get_config("bert-tiny"), dtype=jnp.float64)
@@ -139,6 +140,7 @@ def test_mismatched_encoder_and_layers_are_named():
         MeanPoolClassifier(ffn, source="ffn")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["hidden", "ffn"])
 @pytest.mark.parametrize("method", ["bitfit", "ghost"])
 def test_engines_equal_vmap_through_every_pooled_layer(x64, method, source):

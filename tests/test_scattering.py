@@ -129,6 +129,7 @@ def test_rotation_by_90_degrees_permutes_the_orientations():
     assert np.abs(out_turned - np.rot90(out, 1, axes=(1, 2))).max() > 1e-2 * scale.max()
 
 
+@pytest.mark.slow
 def test_task_features_and_the_scatter_cnn():
     """``scattered`` replaces a split's images by the transform (labels kept, no
     transform left) and ``cnn-scatter`` maps ``[B, 7, 7, 81]`` to logits."""

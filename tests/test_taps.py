@@ -256,6 +256,7 @@ def test_plan_sends_untappable_leaves_direct_and_stays_exact(x64, method):
         layers.LAYERS.pop(SubDense)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "method, trainable, mixes",
     [

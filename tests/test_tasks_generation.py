@@ -77,6 +77,7 @@ def test_beam_search_hook():
     assert all(0.0 <= v <= 100.0 for v in out.values())
 
 
+@pytest.mark.slow
 def test_decoder_for_reads_merged_added_biases_like_the_intercepted_model(x64):
     """Oracle: the bias-free Llama run under ``add_biases`` interception (what DP-BiTFiT-Add
     trains). The merged params decode through ``decoder_for``'s biased model to the same

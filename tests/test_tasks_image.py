@@ -16,6 +16,7 @@ def _cfg(**kw):
     return ml_collections.ConfigDict({**base, **kw})
 
 
+@pytest.mark.slow
 def test_cifar_vit_task_trains_the_new_head_with_biases():
     task = image_classification.build(_cfg(dataset="cifar100", model="vit-tiny"))
     batch = task.train_data.take(np.arange(6))
@@ -28,6 +29,7 @@ def test_cifar_vit_task_trains_the_new_head_with_biases():
     assert not task.trainable_extra(("encoder", "layer_0", "attention"), None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attribute,shape", [("Smiling", (6,)), (None, (6, 40))])
 def test_celeba_resnet_add_biases_and_labels(attribute, shape):
     cfg = _cfg(dataset="celeb_a", model="resnet-tiny", attribute=attribute,

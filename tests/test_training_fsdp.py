@@ -89,6 +89,7 @@ def test_fsdp_on_default_mesh_shards_params_and_optimizer_state_eight_ways(task)
     assert all(m.sharding.shard_shape(m.shape) == (DIM, HIDDEN // 8) for m in moments)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data,model", [(-1, 1), (4, 2)])
 def test_fsdp_training_matches_the_unsharded_run(task, data, model):
     single = Trainer(_config(fsdp=False), "/unused", task=task, devices=jax.devices()[:1])
@@ -106,6 +107,7 @@ def test_fsdp_training_matches_the_unsharded_run(task, data, model):
     assert max(jax.tree.leaves(moved)) > 1e-4  # the steps did something
 
 
+@pytest.mark.slow
 def test_per_example_gradients_with_fsdp_params_are_exact(task):
     trainer = Trainer(_config(fsdp=True), "/unused", task=task)
     state = trainer.initial_state()
@@ -126,6 +128,7 @@ def test_per_example_gradients_with_fsdp_params_are_exact(task):
         _close(jax.tree.map(lambda g, i=i: g[i], got), want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["dp_full_ghost", "dp_lora", "dp_bitfit", "dp_bitfit_add"])
 def test_fsdp_matches_the_unsharded_run_for_every_parameter_efficient_method(method):
     """Clipped sums before noise, then two noised steps (same secret seed), 8 devices vs 1."""

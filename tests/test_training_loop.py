@@ -49,6 +49,7 @@ def _equal_trees(a, b):
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(_host(x), _host(y)), a, b)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted_run(task, tmp_path):
     cfg = _config(steps=6)
     cfg.privacy.noise_seed = 3  # two runs compared: the same (non-secret) streams
