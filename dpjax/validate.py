@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +39,7 @@ __all__ = [
     "check_bool",
     "check_choice",
     "check_clip",
+    "check_regex",
     "check_delta",
     "check_int",
     "check_pairs",
@@ -141,6 +143,22 @@ def check_bool(name: str, value: Any) -> bool:
     """A ``bool`` (``0`` and ``1`` are refused: a typo should not pass)."""
     if not isinstance(value, bool):
         raise ConfigError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def check_regex(name: str, value: Any, *, empty: bool = False) -> str:
+    """A regular expression string (``""`` allowed only with ``empty``).
+
+    Example:
+        >>> check_regex("config.freeze", "intermediate/dense/bias$")
+        'intermediate/dense/bias$'
+    """
+    if not isinstance(value, str) or not (value or empty):
+        raise ConfigError(f"{name} must be a regex string, got {value!r}")
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ConfigError(f"{name}={value!r} is not a valid regex: {e}") from e
     return value
 
 

@@ -161,6 +161,8 @@ def test_quickstart_variants_differ_only_in_method():
         assert (configs[v].peft.rank, configs[v].peft.targets) == (8, "(query|value)$")
     assert configs["dp_bitfit"].optimizer.lr == qs.BITFIT_LR == 1e-3
     assert configs["dp_bitfit"].privacy.gamma == 0.0  # Abadi: no automatic-clipping gamma
+    assert configs["dp_bitfit"].freeze == qs.BITFIT_FREEZE == r"intermediate/dense/bias$"
+    assert all(c.freeze == "" for v, c in configs.items() if v != "dp_bitfit")
 
 
 @pytest.mark.parametrize("dataset", ["sms_spam", "trec"])
@@ -193,6 +195,8 @@ def test_text_tasks_use_the_main_jobs_recipe(dataset, method, eps):
         clip_fns = (row["privacy"].pop("clip_fn"), main["privacy"].pop("clip_fn"))
         assert clip_fns == ("automatic", "abadi")
         assert (row["privacy"].pop("gamma"), main["privacy"].pop("gamma")) == (0.01, 0.0)
+        # ... and keeps the FFN biases its head reads (NOTES.md, session 13)
+        assert (row.pop("freeze"), main.pop("freeze")) == ("", r"intermediate/dense/bias$")
     assert row == main
 
 

@@ -179,3 +179,26 @@ def test_eval_at_start_reports_the_initial_parameters_metrics(task, tmp_path):
     assert [r["step"] for r in rows if "eval/test/accuracy" in r] == [0, 3]
     with pytest.raises(TypeError, match="eval_at_start"):  # the config schema types it
         cfg.eval_at_start = "yes"
+
+
+def test_freeze_keeps_matching_leaves_and_trains_the_rest(task, tmp_path):
+    """``config.freeze`` (a regex over ``a/b/c`` paths): the matching leaves stay at their
+    initial values bit for bit in every phase, the others move, and a pattern that matches
+    nothing is a ConfigError naming it (a typo must not silently freeze nothing)."""
+    from dpjax.training.settings import ConfigError
+
+    cfg = _config("dp_full", steps=2)
+    cfg.freeze = r"^dense1/bias$|head/kernel"
+    trainer = _trainer(cfg, tmp_path / "a", task)
+    trainer.run(progress=False)
+    params, init = jax.device_get(trainer.state.params), task.params
+    for layer, leaf in (("dense1", "bias"), ("head", "kernel")):
+        np.testing.assert_array_equal(np.asarray(params[layer][leaf]), init[layer][leaf])
+    for layer, leaf in (("dense1", "kernel"), ("head", "bias")):
+        assert not np.array_equal(np.asarray(params[layer][leaf]), init[layer][leaf])
+    cfg.freeze = "dense_one/bias"
+    with pytest.raises(ConfigError, match="config.freeze='dense_one/bias' matches no"):
+        _trainer(cfg, tmp_path / "b", task)
+    cfg.freeze = "(("
+    with pytest.raises(ConfigError, match=r"config.freeze='\(\(' is not a valid regex"):
+        _trainer(cfg, tmp_path / "c", task)

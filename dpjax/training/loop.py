@@ -46,7 +46,7 @@ from dpjax.training.epsilon_curve import EpsilonCurve
 from dpjax.training.evaluation import Evaluator
 from dpjax.training.metrics import MetricWriter
 from dpjax.training.optimizer import make_optimizer
-from dpjax.training.plan import RunPlan, check_biases, make_plan, make_sampler
+from dpjax.training.plan import RunPlan, check_biases, check_freeze, make_plan, make_sampler
 from dpjax.training.secrets import run_secrets
 from dpjax.training.settings import ConfigError, TrainSettings
 from dpjax.training.sharding import (
@@ -123,6 +123,7 @@ class Trainer:
             s, self.sampler, self.task.trainable_extra, self.task.prior_privacy
         )
         check_biases(self.plan, self.task.params, s.method, self.task.name)
+        check_freeze(s, self.task.params)
         self._mechanism: tuple[int, Mechanism] | None = None
         self._base_digest: str | None = None
         #: Real tokens of every training row when micro-batches are cut to their longest

@@ -21,13 +21,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from dpjax import accounting
 from dpjax.data.sampling import PoissonSampler, WithoutReplacementSampler
 from dpjax.engines import get_engine
-from dpjax.partition import Predicate, all_leaves, bias_only, leaf_paths
+from dpjax.partition import Predicate, all_leaves, bias_only, leaf_paths, path_to_str
 from dpjax.peft import is_adapter
 from dpjax.training.settings import ConfigError, PrivacySettings, TrainSettings
 
@@ -80,6 +81,15 @@ def _bias_and(extra: Predicate | None) -> Predicate:
 
     def predicate(path: Any, leaf: Any) -> bool:
         return bias_only(path, leaf) or bool(extra(path, leaf))
+
+    return predicate
+
+
+def _unfrozen(trainable: Predicate, freeze: str) -> Predicate:
+    pattern = re.compile(freeze)
+
+    def predicate(path: Any, leaf: Any) -> bool:
+        return trainable(path, leaf) and not pattern.search(path_to_str(path))
 
     return predicate
 
@@ -205,6 +215,32 @@ class RunPlan:
             else:
                 hi = mid
         return done + lo
+
+
+def check_freeze(settings: TrainSettings, params: Any) -> None:
+    """Checks that ``config.freeze`` finds at least one parameter (a typo freezes nothing).
+
+    Example:
+        >>> s = TrainSettings(method="nonprivate_bitfit", batch_size=4, physical_batch_size=4,
+        ...                   steps=1, freeze="intermediat/dense/bias$")
+        >>> try:
+        ...     check_freeze(s, {"intermediate": {"dense": {"bias": 0.0}}})
+        ... except ConfigError as e:
+        ...     print(str(e).split(";")[0])
+        config.freeze='intermediat/dense/bias$' matches no parameter path
+
+    Raises:
+      ConfigError: the pattern is set and matches no leaf path of ``params``.
+    """
+    if not settings.freeze:
+        return
+    pattern = re.compile(settings.freeze)
+    paths = [path_to_str(path) for path in leaf_paths(params)]
+    if not any(pattern.search(p) for p in paths):
+        raise ConfigError(
+            f"config.freeze={settings.freeze!r} matches no parameter path; paths look like "
+            f"{paths[:3]}"
+        )
 
 
 def check_biases(plan: RunPlan, params: Any, method: str, task: str) -> None:
@@ -336,6 +372,11 @@ def make_plan(
         phases = (Phase("full", 0, total, all_leaves, None, lr),)
     else:
         phases = (Phase("bitfit", 0, total, bitfit_set, None, lr),)
+    if settings.freeze:
+        phases = tuple(
+            dataclasses.replace(p, trainable=_unfrozen(p.trainable, settings.freeze))
+            for p in phases
+        )
     for p in phases:
         if p.engine is not None:
             try:

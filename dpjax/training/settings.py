@@ -37,7 +37,6 @@ dataclasses; ``experiments/configs/toy.py`` fills one)::
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 from dpjax.config_reader import cfg_get, cfg_keys
@@ -59,6 +58,7 @@ from dpjax.validate import (
     check_int,
     check_pairs,
     check_real,
+    check_regex,
 )
 
 __all__ = [
@@ -236,16 +236,9 @@ class PeftSettings:
     def __post_init__(self) -> None:
         check_int("config.peft.rank", self.rank, 1)
         check_real("config.peft.alpha", self.alpha, POSITIVE)
-        for key in ("targets", "bias_targets"):
-            value = getattr(self, key)
-            if not isinstance(value, str) or not value:
-                raise ConfigError(f"config.peft.{key} must be a regex string, got {value!r}")
-        try:
-            re.compile(self.bias_targets)
-        except re.error as e:
-            raise ConfigError(
-                f"config.peft.bias_targets={self.bias_targets!r} is not a valid regex: {e}"
-            ) from e
+        if not isinstance(self.targets, str) or not self.targets:
+            raise ConfigError(f"config.peft.targets must be a regex string, got {self.targets!r}")
+        check_regex("config.peft.bias_targets", self.bias_targets)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,9 +293,14 @@ class TrainSettings:
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     trim_padding: bool = True
+    #: A regular expression searched in every parameter's ``a/b/c`` path: the leaves it
+    #: finds are never trained, by any method or phase (``""``: none). The main job
+    #: freezes the feed-forward biases whose activations its head reads.
+    freeze: str = ""
 
     def __post_init__(self) -> None:
         check_choice("config.method", self.method, METHODS)
+        check_regex("config.freeze", self.freeze, empty=True)
         check_bool("config.trim_padding", self.trim_padding)
         check_bool("config.eval_at_start", self.eval_at_start)
         check_choice("config.engine", self.engine, ENGINES)
