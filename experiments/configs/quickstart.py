@@ -55,7 +55,8 @@ Variants (``quickstart.py:<variant>``):
     - ``dp_lora``: DP probe, then DP-LoRA (rank 8, alpha 16 on the attention queries
       and values, ``dpjax.peft``) + head, session 9's DP-BiTFiT recipe otherwise
       (automatic clipping at 5e-3), epsilon 8
-      (measured 78.3 %, one run, session 9; 76.2 % median of 3 with session 7's head)
+      (measured 77.9 %, median of 3: 78.3 in session 9, 77.53 and 77.92 in session 13,
+      3 min 20 s; 76.2 % median of 3 with session 7's head)
     - ``dp_bitfit_lora``: the same with every bias trained beside the adapters (measured
       75.9 %, median of 3 runs: 75.3, 75.9, 76.1)
     - ``nonprivate_bitfit``: every bias and the head, no noise or clipping, no probe, 3
