@@ -199,6 +199,9 @@ def test_freeze_keeps_matching_leaves_and_trains_the_rest(task, tmp_path):
     cfg.freeze = "dense_one/bias"
     with pytest.raises(ConfigError, match="config.freeze='dense_one/bias' matches no"):
         _trainer(cfg, tmp_path / "b", task)
+    cfg.freeze = "."
+    with pytest.raises(ConfigError, match="freezes every parameter that phase 'full'"):
+        _trainer(cfg, tmp_path / "d", task)
     cfg.freeze = "(("
     with pytest.raises(ConfigError, match=r"config.freeze='\(\(' is not a valid regex"):
         _trainer(cfg, tmp_path / "c", task)

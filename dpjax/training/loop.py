@@ -123,7 +123,7 @@ class Trainer:
             s, self.sampler, self.task.trainable_extra, self.task.prior_privacy
         )
         check_biases(self.plan, self.task.params, s.method, self.task.name)
-        check_freeze(s, self.task.params)
+        check_freeze(s, self.plan, self.task.params)
         self._mechanism: tuple[int, Mechanism] | None = None
         self._base_digest: str | None = None
         #: Real tokens of every training row when micro-batches are cut to their longest

@@ -25,6 +25,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+
 from dpjax import accounting
 from dpjax.data.sampling import PoissonSampler, WithoutReplacementSampler
 from dpjax.engines import get_engine
@@ -217,30 +219,40 @@ class RunPlan:
         return done + lo
 
 
-def check_freeze(settings: TrainSettings, params: Any) -> None:
-    """Checks that ``config.freeze`` finds at least one parameter (a typo freezes nothing).
+def check_freeze(settings: TrainSettings, plan: RunPlan, params: Any) -> None:
+    """Checks that ``config.freeze`` finds at least one parameter (a typo freezes nothing)
+    and leaves every phase something to train.
 
     Example:
         >>> s = TrainSettings(method="nonprivate_bitfit", batch_size=4, physical_batch_size=4,
         ...                   steps=1, freeze="intermediat/dense/bias$")
         >>> try:
-        ...     check_freeze(s, {"intermediate": {"dense": {"bias": 0.0}}})
+        ...     check_freeze(s, None, {"intermediate": {"dense": {"bias": 0.0}}})
         ... except ConfigError as e:
         ...     print(str(e).split(";")[0])
         config.freeze='intermediat/dense/bias$' matches no parameter path
 
     Raises:
-      ConfigError: the pattern is set and matches no leaf path of ``params``.
+      ConfigError: the pattern is set and matches no leaf path of ``params``, or it
+        freezes every leaf a phase of ``plan`` would train.
     """
     if not settings.freeze:
         return
     pattern = re.compile(settings.freeze)
-    paths = [path_to_str(path) for path in leaf_paths(params)]
-    if not any(pattern.search(p) for p in paths):
+    paths = leaf_paths(params)
+    names = [path_to_str(path) for path in paths]
+    if not any(pattern.search(name) for name in names):
         raise ConfigError(
             f"config.freeze={settings.freeze!r} matches no parameter path; paths look like "
-            f"{paths[:3]}"
+            f"{names[:3]}"
         )
+    leaves = list(zip(paths, jax.tree.leaves(params), strict=True))
+    for phase in plan.phases:
+        if not any(phase.trainable(path, leaf) for path, leaf in leaves):
+            raise ConfigError(
+                f"config.freeze={settings.freeze!r} freezes every parameter that phase "
+                f"{phase.name!r} would train"
+            )
 
 
 def check_biases(plan: RunPlan, params: Any, method: str, task: str) -> None:
