@@ -30,8 +30,9 @@ a 30-epoch Adam probe): 76.1 % (median of 4) in 3 min 36 s; the last hidden stat
 probe while it trained the intermediate biases (session 10-11, paired: -0.11 to +0.16
 with Abadi clipping, -0.1 to -0.4 with automatic clipping); with them frozen it gains
 (+0.51, +0.20; session 13). Why this recipe:
-``benchmarks/results/bitfit_recipe/NOTES.md``. The other rows below were measured with
-earlier heads at length 40.
+``benchmarks/results/bitfit_recipe/NOTES.md``. The variants below give their numbers
+with this head unless they name an earlier one (the session-3 head: length 40, the last
+hidden state).
 
 No paper number: paper 1 (DP-BiTFiT) fine-tunes RoBERTa on SST-2, whose sentences come
 from these reviews (RoBERTa-large, epsilon 8: 94.5). Expect far less from a 22M-parameter
@@ -50,8 +51,9 @@ Variants (``quickstart.py:<variant>``):
 
     - ``dp_bitfit``: DP probe, then DP-BiTFiT + head, epsilon 8 (default; the main job)
     - ``dp_full``: DP full fine-tuning (ghost clipping) from a fresh head (no probe),
-      epsilon 8, 2 epochs, lr 5e-4 (head 5e-2; measured 69.5 % with this head, one run,
-      session 11, 29 min on two slow cores; 73.6 % with the session-3 head)
+      epsilon 8, 2 epochs, lr 5e-4 (head 5e-2; measured 69.2 % with this head, median of
+      3: 69.53 in session 11, 69.22 and 68.75 in session 14, 11-12 min on two cores;
+      73.6 % with the session-3 head)
     - ``dp_lora``: DP probe, then DP-LoRA (rank 8, alpha 16 on the attention queries
       and values, ``dpjax.peft``) + head, session 9's DP-BiTFiT recipe otherwise
       (automatic clipping at 5e-3), epsilon 8
@@ -61,10 +63,11 @@ Variants (``quickstart.py:<variant>``):
       75.9 %, median of 3 runs: 75.3, 75.9, 76.1)
     - ``nonprivate_bitfit``: every bias and the head, no noise or clipping, no probe, 3
       epochs of batch 32 at 1e-3 (the non-private reference; measured 79.9 % with this
-      head, one run, session 11, 64 min on one shared core; 79.2 % with the session-3 head)
+      head, median of 3 seeds, ``--config.seed=0,1,2``: 79.92, 79.88, 79.84; 14 min on
+      two cores; 79.2 % with the session-3 head)
     - ``nonprivate_full``: every parameter, no noise, no clipping, 2 epochs, lr 5e-4
-      (head 5e-3; measured 81.8 %, one run, session 9, 7 min 25 s; 77.7 % with the
-      session-3 head at length 40)
+      (head 5e-3; measured 81.8 %, median of 3 seeds, ``--config.seed=0,1,2``: 81.8,
+      81.69, 82.12; 7.5-11 min on two cores; 77.7 % with the session-3 head at length 40)
     - ``subset``: the main job on 1,536 training / 512 test snippets, 2 DP-BiTFiT steps
       of 64 rows after the probe (the suite checks it beats the majority class)
     - ``smoke``: 2 DP-BiTFiT steps of 16 rows on 64 training / 16 test snippets
