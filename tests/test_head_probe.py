@@ -15,7 +15,7 @@ from dpjax.data.arrays import ArrayDataset
 from dpjax.data.sampling import PoissonSampler
 from dpjax.models import BertModel, get_config
 from dpjax.randomness import RunSecrets
-from dpjax.tasks import text_classification
+from dpjax.tasks import head_probe, text_classification
 from dpjax.tasks.head_probe import ProbeSettings, _RowGather, private_probe
 from dpjax.tasks.text_models import MeanPoolClassifier
 
@@ -67,8 +67,11 @@ def test_private_probe_learns_both_classes_and_noise_scale_matters():
 
 
 @pytest.mark.slow
-def test_nonprivate_probe_matches_an_independent_full_batch_adam_oracle(x64):
-    """Sigma 0 and rate 1: every step is plain Adam on the mean loss of all rows."""
+@pytest.mark.parametrize("chunk", [256, 7])
+def test_nonprivate_probe_matches_an_independent_full_batch_adam_oracle(x64, chunk, monkeypatch):
+    """Sigma 0 and rate 1: every step is plain Adam on the mean loss of all rows (the
+    gradients in one chunk, or in chunks of 7 rows: 64 rows padded to 70)."""
+    monkeypatch.setattr(head_probe, "_CHUNK", chunk)
     x, y = _blobs(n=64, d=3)
     s = ProbeSettings(epochs=5.0, expected_batch_size=64, lr=0.1, noise_multiplier=0.0)
     head, _ = private_probe(x, y, 2, s)
@@ -109,9 +112,12 @@ def test_nonprivate_sgd_probe_matches_an_independent_heavy_ball_oracle(x64):
     np.testing.assert_allclose(head["bias"], b, rtol=2e-4, atol=2e-5)
 
 
-def test_poisson_sgd_probe_matches_an_oracle_on_the_same_draws(x64):
+@pytest.mark.parametrize("chunk", [256, 7])
+def test_poisson_sgd_probe_matches_an_oracle_on_the_same_draws(x64, chunk, monkeypatch):
     """Rate < 1 (the device gather): sigma 0, each step the sum of the drawn rows'
-    gradients over the expected batch, as the sampler with the same seed draws them."""
+    gradients over the expected batch, as the sampler with the same seed draws them
+    (in one chunk, or in chunks of 7 rows with the padding masked)."""
+    monkeypatch.setattr(head_probe, "_CHUNK", chunk)
     x, y = _blobs(n=90, d=4)
     s = ProbeSettings(epochs=4.0, expected_batch_size=30, lr=0.3, noise_multiplier=0.0,
                       optimizer="sgd", momentum=0.5)  # fmt: skip

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 
 from dpjax.clipping import clipped_grad
 from dpjax.data.sampling import PoissonSampler
@@ -88,6 +89,13 @@ class ProbeSettings:
         check_real("momentum", self.momentum, "[0, 1)")
         if self.optimizer == "adam" and self.momentum != 0:
             raise ValueError(f"momentum is SGD's; got momentum={self.momentum} with Adam")
+
+
+#: Rows per chunk of the per-example gradients (the result does not depend on it): the
+#: whole batch at once materialises ``[n, d, C]`` gradients, ~750 MB for the main job's
+#: 10,202 x 9,216 features, mapped afresh every step; chunks of 256 keep each buffer
+#: small enough to be reused: 0.27 s per step against 0.38 s on two cores (session 15).
+_CHUNK = 256
 
 
 def _loss(head: Any, batch: Any) -> jax.Array:
@@ -169,7 +177,7 @@ def private_probe(
         opt = optax.adam(schedule)
     private = s.noise_multiplier > 0
     mech = Mechanism(
-        clipped_grad(_loss, l2_clip=s.l2_clip),
+        clipped_grad(_loss, l2_clip=s.l2_clip, microbatch_size=min(_CHUNK, physical)),
         opt,
         noise_multiplier=s.noise_multiplier if private else None,
         expected_batch_size=batch,
@@ -179,7 +187,8 @@ def private_probe(
     d = x.shape[1]
     state = mech.init({"kernel": jnp.zeros((d, num_classes)), "bias": jnp.zeros(num_classes)})
     rows = _RowGather(x, y.astype(np.int32))
-    for step in range(steps):
+    desc = "DP probe of the head" if private else "probe of the head"
+    for step in tqdm.tqdm(range(steps), desc=desc, leave=False):
         batches = (dict(rows(idx), mask=mask) for idx, mask in sampler.sample(step))
         state, _ = mech.logical_step(state, batches)
     head = {k: np.asarray(v, np.float32) for k, v in state.params.items()}
