@@ -141,6 +141,35 @@ def test_poisson_sgd_probe_matches_an_oracle_on_the_same_draws(x64, chunk, monke
     np.testing.assert_allclose(head["bias"], b, rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.parametrize("chunk", [256, 7])
+def test_private_probe_clips_each_row_alone_in_any_chunking(x64, chunk, monkeypatch):
+    """A private probe (sigma 1e-9: the noise far below the tolerance) at a clip norm that
+    binds: each step is the sum of every row's own clipped gradient over the batch, by a
+    float64 oracle, whether the rows are chunked (7 rows; 64 padded to 70) or not."""
+    monkeypatch.setattr(head_probe, "_CHUNK", chunk)
+    x, y = _blobs(n=64, d=3)
+    s = ProbeSettings(epochs=4.0, expected_batch_size=64, lr=0.5, l2_clip=0.05,
+                      noise_multiplier=1e-9, optimizer="sgd")  # fmt: skip
+    head, _ = private_probe(x, y, 2, s, key=jax.random.key(0), seed=0)
+    x64 = np.asarray(x, np.float64)
+    w, b = np.zeros((3, 2)), np.zeros(2)
+    clipped = 0
+    for t in range(4):
+        z = x64 @ w + b
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        r = p - np.eye(2)[y]  # per-row d loss / d logits
+        norms = np.sqrt((x64**2).sum(1) * (r**2).sum(1) + (r**2).sum(1))
+        scale = np.minimum(1.0, 0.05 / norms)
+        clipped += int(np.sum(scale < 1))
+        r = r * scale[:, None] / 64
+        lr = 0.5 * (1 - t / 4)
+        w, b = w - lr * (x64.T @ r), b - lr * r.sum(0)
+    assert clipped > 4 * 32  # the clip binds for most rows, so a wrong clip shows
+    np.testing.assert_allclose(head["kernel"], w, rtol=2e-4, atol=2e-6)
+    np.testing.assert_allclose(head["bias"], b, rtol=2e-4, atol=2e-6)
+
+
 def test_row_gather_is_numpy_indexing_and_the_whole_set_is_not_copied():
     x, y = _blobs(n=20, d=3)
     rows = _RowGather(x, y)
