@@ -10,21 +10,22 @@ epochs. Expected batch 256 (the sets are 2-3x smaller than Rotten Tomatoes), del
 uses the official 5,452 training / 500 test questions (6 coarse classes, majority
 27.6 %).
 
-No paper number: neither paper reports these sets. Measured (issue 15; one run each
-unless a range is given, on one CPU core while another run held the second; the README's
+No paper number: neither paper reports these sets. Measured (issue 15; median [range]
+of 3 runs, each on one CPU core while another run held the second; the README's
 real-task table):
 
-    - ``sms_spam,dp_bitfit,eps8``: 97.8 % [97.5-98.3] (3 runs; spam recall 86-90),
+    - ``sms_spam,dp_bitfit,eps8``: 97.8 % [97.5-98.3] (spam recall 86-90),
       4 m 36 s - 5 m 06 s
-    - ``sms_spam,dp_bitfit,eps3``: 97.2 % (ham 99.4 / spam 84.9), 4 m 46 s
-    - ``sms_spam,dp_full,eps8``: 85.9 % (ham 100 / spam 6.8; the majority class is 84.9 %),
-      13 m 01 s
-    - ``sms_spam,dp_full,eps3``: 84.9 % (every message ham: the majority class),
-      13 m 52 s
-    - ``trec,dp_bitfit,eps8``: 92.6 % [92.2-93.8] (3 runs), 3 m 07 s
-    - ``trec,dp_bitfit,eps3``: 91.6 %, 3 m 41 s
-    - ``trec,dp_full,eps8``: 90.8 %, 9 m 16 s
-    - ``trec,dp_full,eps3``: 87.4 %, 8 m 39 s
+    - ``sms_spam,dp_bitfit,eps3``: 97.8 % [97.2-98.0] (spam recall 85-89),
+      4 m 12 s - 4 m 46 s
+    - ``sms_spam,dp_full,eps8``: 85.6 % [85.5-85.9] (ham 100 / spam 4-7; the majority
+      class is 84.9 %), 9 m 55 s - 13 m 01 s
+    - ``sms_spam,dp_full,eps3``: 84.9 % [84.9-85.1] (spam 0-1.4: the majority class),
+      9 m 45 s - 13 m 52 s
+    - ``trec,dp_bitfit,eps8``: 92.6 % [92.2-93.8], 3 m 07 s - 3 m 09 s
+    - ``trec,dp_bitfit,eps3``: 91.6 % [91.4-91.6], 3 m 11 s - 3 m 41 s
+    - ``trec,dp_full,eps8``: 90.0 % [89.8-90.8], 7 m 49 s - 9 m 16 s
+    - ``trec,dp_full,eps3``: 85.4 % [85.0-87.4], 7 m 52 s - 8 m 39 s
     - ``sms_spam,smoke``: 2 DP-BiTFiT steps on 64 messages (no target)
     - ``trec,smoke``: 2 DP-BiTFiT steps on 64 questions (no target)
 
