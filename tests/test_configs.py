@@ -127,18 +127,23 @@ PROBE_KEYS = ("probe_epochs", "probe_noise_multiplier", "probe_optimizer", "prob
 def test_quickstart_variants_differ_only_in_method():
     qs = _module("quickstart")
     configs = {v: qs.get_config(v) for v in qs.VARIANTS if v not in ("subset", "smoke")}
-    assert {c.method for c in configs.values()} == set(configs)
+    # every variant is the trainer method of its name, but DP full after the probe
+    assert {v: c.method for v, c in configs.items()} == {
+        v: "dp_full" if v == "dp_full_probe" else v for v in configs
+    }
     assert configs["dp_bitfit"].privacy.target_epsilon == 8.0
     assert configs["dp_bitfit"].privacy.delta == "1/(2n)"
     assert configs["nonprivate_full"].privacy.target_epsilon is None
     noise = {v: c.task.center_noise_multiplier for v, c in configs.items()}
-    assert noise == {"dp_bitfit": 20.0, "dp_full": 20.0, "dp_lora": 20.0, "dp_bitfit_lora": 20.0,
-                     "nonprivate_bitfit": 0.0, "nonprivate_full": 0.0}  # fmt: skip
+    assert noise == {"dp_bitfit": 20.0, "dp_full": 20.0, "dp_full_probe": 20.0, "dp_lora": 20.0,
+                     "dp_bitfit_lora": 20.0, "nonprivate_bitfit": 0.0,
+                     "nonprivate_full": 0.0}  # fmt: skip
     probe = {v: (c.task.probe_epochs, c.task.probe_noise_multiplier) for v, c in configs.items()}
-    assert probe == {"dp_bitfit": (100.0, 6.8), "dp_full": (0.0, 0.0), "dp_lora": (100.0, 6.8),
+    assert probe == {"dp_bitfit": (100.0, 6.8), "dp_full": (0.0, 0.0),
+                     "dp_full_probe": (100.0, 6.8), "dp_lora": (100.0, 6.8),
                      "dp_bitfit_lora": (100.0, 6.8), "nonprivate_bitfit": (0.0, 0.0),
                      "nonprivate_full": (0.0, 0.0)}  # fmt: skip
-    for v in ("dp_bitfit", "dp_lora", "dp_bitfit_lora"):  # full-batch DP-GD with momentum
+    for v in ("dp_bitfit", "dp_full_probe", "dp_lora", "dp_bitfit_lora"):  # full-batch DP-GD
         t = configs[v].task
         assert (t.probe_optimizer, t.probe_lr, t.probe_momentum) == ("sgd", 210.0, 0.9)
         assert t.probe_batch_size >= 10_202  # every training snippet in every step
@@ -151,6 +156,15 @@ def test_quickstart_variants_differ_only_in_method():
     assert len(tasks) == 1  # same data, model and head in every row of the README table
     assert all(c.task.center for c in configs.values())
     assert qs.get_config().method == "dp_bitfit"
+    # DP full after the probe is dp_full but for the probe and the head's rate (the body's)
+    full, probed = configs["dp_full"].to_dict(), configs["dp_full_probe"].to_dict()
+    assert full["optimizer"]["lr_multipliers"] == {"classifier": 100.0}
+    assert probed["optimizer"]["lr_multipliers"] == {"classifier": 1.0}
+    for d in (full, probed):
+        d.pop("name"), d["optimizer"].pop("lr_multipliers")
+        for key in PROBE_KEYS:
+            d["task"].pop(key)
+    assert full == probed
     clip = {v: (c.privacy.clip_fn, c.privacy.l2_clip) for v, c in configs.items()}
     assert clip["dp_bitfit"] == ("abadi", 1.0) and clip["dp_full"] == ("abadi", 0.1)
     # the parameter-efficient rows keep the MiniLM recipe (automatic clipping at 5e-3, as
@@ -166,7 +180,7 @@ def test_quickstart_variants_differ_only_in_method():
 
 
 @pytest.mark.parametrize("dataset", ["sms_spam", "trec"])
-@pytest.mark.parametrize("method", ["dp_bitfit", "dp_full"])
+@pytest.mark.parametrize("method", ["dp_bitfit", "dp_full", "dp_full_probe"])
 @pytest.mark.parametrize("eps", [3, 8])
 def test_text_tasks_use_the_main_jobs_recipe(dataset, method, eps):
     """The real-task rows differ from the main job only in data, length, batch, epsilon,
@@ -177,10 +191,11 @@ def test_text_tasks_use_the_main_jobs_recipe(dataset, method, eps):
     c = _module("text_tasks").get_config(f"{dataset},{method},eps{eps}")
     assert (c.task.dataset, c.privacy.target_epsilon, c.privacy.delta) == (dataset, eps, "1/(2n)")
     assert c.batch_size == 256
-    assert c.task.probe_noise_multiplier == (24.0 / eps if method == "dp_bitfit" else 0.0)
+    probed = method in ("dp_bitfit", "dp_full_probe")
+    assert c.task.probe_noise_multiplier == (24.0 / eps if probed else 0.0)
     assert c.task.pool_layers == () and main["task"]["pool_layers"] == (1, 2, 3, 4, 5, 6)
     assert (c.task.pool_source, main["task"]["pool_source"]) == ("hidden", "ffn")
-    assert c.task.probe_epochs == (30.0 if method == "dp_bitfit" else 0.0)
+    assert c.task.probe_epochs == (30.0 if probed else 0.0)
     assert (c.task.probe_optimizer, c.task.probe_lr) == ("adam", 0.05)
     row = c.to_dict()
     for d in (main, row):
