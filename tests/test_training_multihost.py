@@ -41,16 +41,20 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _start(workdir, devices, extra=()):
-    cmd = [sys.executable, "-m", "experiments.train", f"--workdir={workdir}", *ARGS, *extra]
+def _popen(args, devices):
+    """``python *args`` from the repository root on ``devices`` CPU devices, output piped."""
     return subprocess.Popen(
-        cmd,
+        [sys.executable, *args],
         cwd=ROOT,
         env=_env(devices),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _start(workdir, devices, extra=()):
+    return _popen(["-m", "experiments.train", f"--workdir={workdir}", *ARGS, *extra], devices)
 
 
 def _communicate(procs, timeout):
@@ -153,17 +157,7 @@ jax.distributed.shutdown()
 def _broadcast_run(script, files):
     """Both processes of one run; their return codes and stderr."""
     address = f"127.0.0.1:{_free_port()}"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), address, str(i), str(files[i])],
-            cwd=ROOT,
-            env=_env(2),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for i in range(2)
-    ]
+    procs = [_popen([str(script), address, str(i), str(files[i])], 2) for i in range(2)]
     outs = _communicate(procs, timeout=120)
     return [p.returncode for p in procs], [o[1][-3000:] for o in outs]
 
